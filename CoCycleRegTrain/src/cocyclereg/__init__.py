@@ -1,0 +1,19 @@
+"""CoCycleReg: learned multi-modal deformable image registration.
+
+Geometry conventions used throughout the package:
+
+* SimpleITK images carry the physical geometry (origin, spacing, direction) in LPS millimetres.
+* A numpy array of a volume has axis order (D, H, W) = (k, j, i) = (z, y, x), as
+  ``SimpleITK.GetArrayFromImage`` returns it; torch tensors are (N, C, D, H, W).
+* A voxel displacement field is (3, D, H, W) with channel order (D, H, W): displacement along
+  k, then j, then i, in voxels.
+* Every field is a *resampling* field: it maps a point of the fixed (output) grid to the point
+  of the moving image to sample, the direction ITK's ``Resample`` and torch's ``grid_sample``
+  use.
+"""
+
+from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
+
+__version__ = "0.1.0"
+
+__all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__"]

@@ -1,0 +1,99 @@
+"""Warping torch volumes with a dense displacement field given in voxels.
+
+Shapes and units:
+
+* images: ``(N, C, D, H, W)``, any floating dtype; labels: any dtype holding whole numbers.
+* ``flow``: ``(N, 3, D, H, W)``, displacement in **voxels** of the same grid, channel order
+  (D, H, W). Output voxel ``(d, h, w)`` takes the input's value at
+  ``(d + flow[0], h + flow[1], w + flow[2])``: a resampling (pull-back) field.
+* Sampling is trilinear for images and nearest-neighbour for labels; positions outside the
+  volume take the value of the nearest border voxel (``padding_mode="border"``).
+* A zero field reproduces labels exactly and images to float rounding (a few ulps):
+  ``grid_sample`` un-normalises ``linspace(-1, 1, n)`` to voxel centres only up to an ulp.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WarpMode = Literal["bilinear", "nearest"]
+
+
+class SpatialTransformer(nn.Module):
+    """Differentiable warp of ``(N, C, D, H, W)`` volumes by a voxel displacement field.
+
+    The identity sampling grid is built once per (spatial shape, device, dtype) and cached;
+    nothing is tied to a device, so the module runs wherever its inputs are.
+
+    Args:
+        mode: ``"bilinear"`` (trilinear in 3D) for images, ``"nearest"`` for labelmaps.
+    """
+
+    def __init__(self, mode: WarpMode = "bilinear") -> None:
+        super().__init__()
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        self.mode = mode
+        self._identity_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _identity_and_scale(
+        self, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Identity grid ``(1, D, H, W, 3)`` in grid_sample's normalised (x, y, z) coordinates,
+        and the ``(1, 3, 1, 1, 1)`` factors turning voxel displacements (D, H, W order) into
+        normalised ones."""
+        key = (shape, device, dtype)
+        cached = self._identity_cache.get(key)
+        if cached is None:
+            axes = [
+                torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype)
+                if n > 1
+                else torch.zeros(1, device=device, dtype=dtype)
+                for n in shape
+            ]
+            d, h, w = torch.meshgrid(*axes, indexing="ij")
+            identity = torch.stack([w, h, d], dim=-1).unsqueeze(0)
+            scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
+            cached = (identity, scale.view(1, 3, 1, 1, 1))
+            self._identity_cache[key] = cached
+        return cached
+
+    def forward(self, image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Warp ``image`` (N, C, D, H, W) by ``flow`` (N, 3, D, H, W) in voxels; same shape out."""
+        if image.dim() != 5 or flow.dim() != 5 or flow.shape[1] != 3:
+            raise ValueError(
+                f"expected image (N, C, D, H, W) and flow (N, 3, D, H, W), "
+                f"got {tuple(image.shape)} and {tuple(flow.shape)}"
+            )
+        if image.shape[2:] != flow.shape[2:] or image.shape[0] not in (1, flow.shape[0]):
+            raise ValueError(
+                f"image {tuple(image.shape)} and flow {tuple(flow.shape)} do not share a grid"
+            )
+        shape = tuple(flow.shape[2:])
+        identity, scale = self._identity_and_scale(shape, flow.device, flow.dtype)
+        normalised = (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)  # (N, D, H, W, [x, y, z])
+        sampling_grid = identity + normalised
+        if image.shape[0] != flow.shape[0]:
+            image = image.expand(flow.shape[0], *image.shape[1:])
+        return F.grid_sample(
+            image.to(flow.dtype) if image.dtype != flow.dtype else image,
+            sampling_grid,
+            mode=self.mode,
+            padding_mode="border",
+            align_corners=True,
+        )
+
+
+def warp_labels(
+    labels: torch.Tensor, flow: torch.Tensor, transformer: SpatialTransformer | None = None
+) -> torch.Tensor:
+    """Warp a labelmap (N, 1, D, H, W) by nearest-neighbour sampling; keeps its dtype and values."""
+    transformer = transformer if transformer is not None else SpatialTransformer("nearest")
+    if transformer.mode != "nearest":
+        raise ValueError("labels must be warped with a nearest-neighbour transformer")
+    warped = transformer(labels.to(flow.dtype), flow)
+    return torch.round(warped).to(labels.dtype)
