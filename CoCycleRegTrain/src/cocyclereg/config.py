@@ -1,0 +1,356 @@
+"""The training configuration: one typed place for every setting, presets, and YAML files.
+
+A configuration is a tree of dataclasses. ``load_config`` starts from a preset (``paper``, the
+published settings, or ``cpu-small``, a model that trains on two CPU cores), applies a YAML file
+and then ``section.field=value`` overrides from the command line, and checks the result.
+
+Sizes are in ITK index order (i, j, k) = (W, H, D) voxels; spacings in mm along the same axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cocyclereg.errors import CoCycleRegError
+
+
+class ConfigError(CoCycleRegError):
+    """A configuration file or override is invalid."""
+
+    exit_code = 2
+
+
+@dataclass
+class RegistrationNetConfig:
+    """R: the dual-head UNet (VoxelMorph-style backbone, two 3x3x3 flow heads)."""
+
+    encoder_features: tuple[int, ...] = (16, 32, 32, 32, 32)
+    decoder_features: tuple[int, ...] = (32, 32, 32, 32, 16, 16)
+    head_init_std: float = 1e-5
+
+
+@dataclass
+class GeneratorConfig:
+    """T_x2y and T_y2x: 3D ResNet (CycleGAN) generators ending in tanh."""
+
+    ngf: int = 64
+    blocks: int = 9
+    norm: Literal["instance", "batch", "none"] = "instance"
+    padding: Literal["replicate", "reflect", "zeros"] = "replicate"
+    dropout: float = 0.5
+
+
+@dataclass
+class DiscriminatorConfig:
+    """D_x and D_y: unconditional 3D PatchGAN discriminators."""
+
+    ndf: int = 64
+    layers: int = 3
+    norm: Literal["instance", "batch", "none"] = "instance"
+
+
+@dataclass
+class ModelConfig:
+    registration: RegistrationNetConfig = field(default_factory=RegistrationNetConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class LossConfig:
+    """Which objective, and the weight of each term (all 1.0 in the paper)."""
+
+    mode: Literal["cocycle", "sepcycle", "vmind"] = "cocycle"
+    similarity: float = 1.0
+    gan: float = 1.0
+    cycle: float = 1.0
+    smooth: float = 1.0
+    mind_radius: int = 1
+    mind_dilation: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """Three Adam optimisers (D, G, R) as published; gradient-norm clipping on D and G only."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-4
+    clip_discriminator: float | None = 20.0
+    clip_generator: float | None = 20.0
+    clip_registration: float | None = None
+
+
+@dataclass
+class NormalizationConfig:
+    """Intensity scaling of one modality to [0, 1].
+
+    ``percentile``: clip to the ``lower``/``upper`` percentiles of the foreground, then scale.
+    ``window``: clip to a fixed window (CT in HU), then scale.
+    """
+
+    method: Literal["percentile", "window"] = "percentile"
+    lower: float = 0.5
+    upper: float = 99.5
+    window: tuple[float, float] = (-1000.0, 1000.0)
+
+
+@dataclass
+class AugmentationConfig:
+    """Random deformations and intensity changes applied to training pairs (seeded).
+
+    The elastic field is the paper's: random displacements on a coarse control grid, Gaussian
+    smoothed, scaled so no voxel folds.
+    """
+
+    elastic: bool = True
+    elastic_control_spacing_mm: float = 24.0
+    elastic_max_displacement_mm: float = 8.0
+    affine: bool = False
+    affine_rotation_deg: float = 5.0
+    affine_scale: float = 0.05
+    affine_translation_mm: float = 5.0
+    intensity: bool = False
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise_std: float = 0.01
+
+
+@dataclass
+class DataConfig:
+    """Paired cases, and the grid and intensities the networks see.
+
+    ``train`` and ``validation`` are a CSV file (columns ``x``, ``y``, optional ``labels`` or
+    ``x_labels``/``y_labels``, optional ``name``; relative paths are relative to the CSV) or a
+    folder of case folders holding ``<x_modality>.nii.gz``, ``<y_modality>.nii.gz`` and
+    optionally ``labels.nii.gz``.
+    """
+
+    train: str = ""
+    validation: str = ""
+    x_modality: str = "t1"
+    y_modality: str = "t2"
+    spacing: tuple[float, float, float] = (1.25, 1.2, 1.75)
+    size: tuple[int, int, int] = (112, 144, 80)
+    orientation: Literal["LPS", "image"] = "LPS"
+    x_normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    y_normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    deform: Literal["x", "y"] = "x"
+    validation_deformations: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, validation, checkpoints, and memory options."""
+
+    output: str = "runs/cocyclereg"
+    steps: int = 72000
+    batch_size: int = 1
+    seed: int = 0
+    validate_every: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 10
+    image_every: int = 1000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = False
+    activation_checkpointing: bool = False
+    num_threads: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _paper() -> Config:
+    """The published setting: 80x144x112 voxels (D, H, W), networks and optimiser as published,
+    800 epochs of about 90 pairs at batch size 1."""
+    return Config()
+
+
+def _cpu_small() -> Config:
+    """A small model that trains in hours on two CPU cores: 3 mm voxels, narrow networks."""
+    config = Config()
+    config.model.registration = RegistrationNetConfig(
+        encoder_features=(16, 32, 32, 32, 32), decoder_features=(32, 32, 32, 32, 16, 16)
+    )
+    config.model.generator = GeneratorConfig(ngf=8, blocks=3, dropout=0.0)
+    config.model.discriminator = DiscriminatorConfig(ndf=8, layers=2)
+    config.data.spacing = (2.5, 2.5, 2.5)
+    config.data.size = (64, 80, 64)
+    config.train.steps = 3000
+    config.train.validate_every = 250
+    config.train.checkpoint_every = 100
+    config.train.image_every = 250
+    return config
+
+
+PRESETS = {"paper": _paper, "cpu-small": _cpu_small}
+
+
+def _is_dataclass_type(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``kind`` and convert it (lists to tuples)."""
+    origin = typing.get_origin(kind)
+    arguments = typing.get_args(kind)
+    if _is_dataclass_type(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(kind, value, where)
+    if origin is Literal:
+        if value not in arguments:
+            raise ConfigError(f"{where} must be one of {list(arguments)}, got {value!r}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in arguments:
+            return None
+        last_error: ConfigError | None = None
+        for option in arguments:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                last_error = error
+        raise last_error or ConfigError(f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return tuple(_convert(v, arguments[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(arguments):
+            raise ConfigError(f"{where} must have {len(arguments)} values, got {value!r}")
+        return tuple(
+            _convert(v, a, f"{where}[{i}]")
+            for i, (v, a) in enumerate(zip(value, arguments, strict=True))
+        )
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {kind!r}")
+
+
+def _build(kind: type, values: dict[str, Any], where: str, base: Any = None) -> Any:
+    hints = typing.get_type_hints(kind)
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in "
+            f"{where or 'the configuration'}; known: {', '.join(sorted(known))}"
+        )
+    result = base if base is not None else kind()
+    for name, value in values.items():
+        path = f"{where}.{name}" if where else name
+        current = getattr(result, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _build(type(current), value, path, current)
+        else:
+            setattr(result, name, _convert(value, hints[name], path))
+    return result
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot parse the value of override {text!r}") from error
+    return key.strip().split("."), value
+
+
+def config_from_dict(values: dict[str, Any], preset: str = "paper") -> Config:
+    """A configuration from ``preset`` updated with a nested mapping."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return _build(Config, values, "", PRESETS[preset]())
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str | None = None,
+) -> Config:
+    """Load a configuration: preset, then the YAML file at ``path``, then the overrides.
+
+    The YAML file may name its preset with a top-level ``preset:`` key; ``preset`` given here
+    wins. Overrides are ``section.field=value`` strings with YAML values, e.g.
+    ``train.steps=500`` or ``data.size=[64,80,64]``.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections")
+        values = dict(loaded)
+    file_preset = values.pop("preset", "paper")
+    for override in overrides:
+        keys, value = _parse_override(override)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r} does not name a setting")
+        node[keys[-1]] = value
+    config = config_from_dict(values, preset or file_preset)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check the relations between settings that types alone cannot."""
+    if any(n % 16 for n in config.data.size):
+        raise ConfigError(f"data.size must be multiples of 16, got {list(config.data.size)}")
+    if any(s <= 0 for s in config.data.spacing):
+        raise ConfigError("data.spacing must be positive")
+    registration = config.model.registration
+    if len(registration.encoder_features) != 5 or len(registration.decoder_features) != 6:
+        raise ConfigError(
+            "model.registration needs 5 encoder_features (full resolution, then four halvings) "
+            "and 6 decoder_features (four upsampling stages, then two full-resolution convs)"
+        )
+    if config.train.batch_size < 1 or config.train.steps < 1:
+        raise ConfigError("train.batch_size and train.steps must be at least 1")
+    if config.data.x_modality == config.data.y_modality:
+        raise ConfigError("data.x_modality and data.y_modality must differ")

@@ -1,0 +1,114 @@
+"""R: the dual-head registration network.
+
+A VoxelMorph-style UNet backbone (3x3x3 convolutions with LeakyReLU(0.2), no normalisation) with
+two 3x3x3 heads on its last feature map: one gives the field that pulls the x image onto y's
+grid, the other the field that pulls y onto x's grid, from one pass.
+
+Input ``(N, 2, D, H, W)``: channel 0 the x image, channel 1 the y image, on one grid; every
+spatial size a multiple of 16. Output: two ``(N, 3, D, H, W)`` voxel resampling fields, channel
+order (D, H, W), for :class:`cocyclereg.spatial_transformer.SpatialTransformer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+DOWNSAMPLINGS = 4
+SIZE_MULTIPLE = 2**DOWNSAMPLINGS
+
+
+class ConvBlock(nn.Sequential):
+    """Conv3d 3x3x3 (stride 1 or 2) followed by LeakyReLU(0.2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+            nn.LeakyReLU(0.2),
+        )
+
+
+class DualHeadUNet(nn.Module):
+    """Dual-head UNet returning ``(flow_x2y, flow_y2x)`` in voxels.
+
+    Args:
+        encoder_features: channels at full resolution, then after each of the four stride-2
+            convolutions (published: 16, 32, 32, 32, 32).
+        decoder_features: channels of the four decoder convolutions, each followed by x2
+            nearest upsampling and concatenation with the matching encoder map, then of the two
+            full-resolution convolutions (published: 32, 32, 32, 32, 16, 16).
+        head_init_std: standard deviation of the heads' initial weights (biases start at 0),
+            so training starts from a near-identity warp.
+        activation_checkpointing: recompute the backbone's activations in the backward pass
+            instead of storing them (less memory, about one extra forward pass of time).
+    """
+
+    def __init__(
+        self,
+        encoder_features: Sequence[int] = (16, 32, 32, 32, 32),
+        decoder_features: Sequence[int] = (32, 32, 32, 32, 16, 16),
+        head_init_std: float = 1e-5,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(encoder_features) != DOWNSAMPLINGS + 1 or len(decoder_features) != DOWNSAMPLINGS + 2:
+            raise ValueError("need 5 encoder and 6 decoder feature counts")
+        self.activation_checkpointing = activation_checkpointing
+        self.encoder = nn.ModuleList()
+        previous = 2
+        for level, channels in enumerate(encoder_features):
+            self.encoder.append(ConvBlock(previous, channels, stride=1 if level == 0 else 2))
+            previous = channels
+        self.decoder = nn.ModuleList()
+        skips = list(encoder_features[:-1])[::-1]  # 1/8, 1/4, 1/2, full resolution
+        for channels, skip in zip(decoder_features[:DOWNSAMPLINGS], skips, strict=True):
+            self.decoder.append(ConvBlock(previous, channels))
+            previous = channels + skip
+        self.refine = nn.Sequential(
+            *[
+                ConvBlock(c_in, c_out)
+                for c_in, c_out in zip(
+                    (previous, *decoder_features[DOWNSAMPLINGS:-1]),
+                    decoder_features[DOWNSAMPLINGS:],
+                    strict=True,
+                )
+            ]
+        )
+        self.head_x2y = nn.Conv3d(decoder_features[-1], 3, kernel_size=3, padding=1)
+        self.head_y2x = nn.Conv3d(decoder_features[-1], 3, kernel_size=3, padding=1)
+        for head in (self.head_x2y, self.head_y2x):
+            nn.init.normal_(head.weight, mean=0.0, std=head_init_std)
+            nn.init.zeros_(head.bias)
+
+    def _backbone(self, pair: torch.Tensor) -> torch.Tensor:
+        features = []
+        x = pair
+        for block in self.encoder:
+            x = block(x)
+            features.append(x)
+        x = features.pop()
+        for block in self.decoder:
+            x = F.interpolate(block(x), scale_factor=2, mode="nearest")
+            x = torch.cat([x, features.pop()], dim=1)
+        return self.refine(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fields for images ``x`` and ``y`` (each ``(N, 1, D, H, W)``, same grid).
+
+        Returns ``(flow_x2y, flow_y2x)``: ``warp(x, flow_x2y)`` lies on y, ``warp(y, flow_y2x)``
+        on x; each ``(N, 3, D, H, W)`` in voxels, channels (D, H, W).
+        """
+        if any(n % SIZE_MULTIPLE for n in x.shape[2:]):
+            raise ValueError(
+                f"spatial size {tuple(x.shape[2:])} is not a multiple of {SIZE_MULTIPLE}"
+            )
+        pair = torch.cat([x, y], dim=1)
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            features = checkpoint(self._backbone, pair, use_reentrant=False)
+        else:
+            features = self._backbone(pair)
+        return self.head_x2y(features), self.head_y2x(features)

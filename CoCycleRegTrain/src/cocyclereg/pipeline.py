@@ -1,0 +1,155 @@
+"""The collaborative cycle: networks, forward passes and the loss of each training phase.
+
+One training step, as published: a discriminator step on detached translations, then one joint
+step of both generators and R with the discriminators frozen. Images are ``(N, 1, D, H, W)``.
+
+Terms of the generator/registration objective (``loss.mode``):
+
+* ``cocycle`` (the paper): similarity ``L1(y_hat, y) + L1(x_hat', x)`` with
+  ``y_hat = W(T_x2y(x), phi_x2y)`` and ``x_hat' = W(T_y2x(y), phi_y2x)``; GAN terms on the
+  unwarped translations; CoCycle ``L1(W(T_y2x(y_hat), phi_y2x), x) + L1(W(T_x2y(x_hat'),
+  phi_x2y), y)``; smoothness of both fields.
+* ``sepcycle`` (ablation, paper Eq. 12-13): the CoCycle term replaced by separate registration
+  and translation cycles ``L1(W(W(x, phi_x2y), phi_y2x), x) + L1(T_y2x(T_x2y(x)), x)`` and mirror.
+* ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
+  plus smoothness; no generators or discriminators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cocyclereg import losses
+from cocyclereg.config import Config
+from cocyclereg.networks import DualHeadUNet, PatchDiscriminator, ResnetGenerator
+from cocyclereg.spatial_transformer import SpatialTransformer
+
+
+class CoCycleNetworks(nn.Module):
+    """R, and for the translation-based modes T_x2y, T_y2x, D_x, D_y."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        model, memory = config.model, config.train.activation_checkpointing
+        self.mode = config.loss.mode
+        self.registration = DualHeadUNet(
+            model.registration.encoder_features,
+            model.registration.decoder_features,
+            model.registration.head_init_std,
+            activation_checkpointing=memory,
+        )
+        if self.uses_translation:
+            g, d = model.generator, model.discriminator
+            self.translate_x2y = ResnetGenerator(
+                g.ngf, g.blocks, g.norm, g.padding, g.dropout, memory
+            )
+            self.translate_y2x = ResnetGenerator(
+                g.ngf, g.blocks, g.norm, g.padding, g.dropout, memory
+            )
+            self.discriminate_x = PatchDiscriminator(d.ndf, d.layers, d.norm)
+            self.discriminate_y = PatchDiscriminator(d.ndf, d.layers, d.norm)
+
+    @property
+    def uses_translation(self) -> bool:
+        return self.mode in ("cocycle", "sepcycle")
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        if not self.uses_translation:
+            return []
+        return [*self.translate_x2y.parameters(), *self.translate_y2x.parameters()]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        if not self.uses_translation:
+            return []
+        return [*self.discriminate_x.parameters(), *self.discriminate_y.parameters()]
+
+
+@dataclass
+class Translations:
+    """The unwarped translations of one step: ``fake_y = T_x2y(x)``, ``fake_x = T_y2x(y)``."""
+
+    fake_y: torch.Tensor
+    fake_x: torch.Tensor
+
+
+class CoCycleObjective:
+    """Computes the losses of one step for :class:`CoCycleNetworks` (or their DDP wrappers).
+
+    ``modules`` maps names to callables: ``registration``, and for translation modes
+    ``translate_x2y``, ``translate_y2x``, ``discriminate_x``, ``discriminate_y``. Under
+    DistributedDataParallel the trainer passes the wrapped modules here.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], config: Config) -> None:
+        self.modules = modules
+        self.weights = config.loss
+        self.warp = SpatialTransformer("bilinear")
+
+    def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
+        return Translations(
+            fake_y=self.modules["translate_x2y"](x), fake_x=self.modules["translate_y2x"](y)
+        )
+
+    def discriminator_loss(
+        self, x: torch.Tensor, y: torch.Tensor, translations: Translations
+    ) -> torch.Tensor:
+        """LSGAN loss of D_y (real y, fake T_x2y(x)) plus D_x (real x, fake T_y2x(y))."""
+        d_x, d_y = self.modules["discriminate_x"], self.modules["discriminate_y"]
+        loss_y = losses.lsgan_discriminator(d_y(y), d_y(translations.fake_y.detach()))
+        loss_x = losses.lsgan_discriminator(d_x(x), d_x(translations.fake_x.detach()))
+        return loss_y + loss_x
+
+    def generator_loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        translations: Translations | None,
+        discriminators: dict[str, nn.Module] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The joint objective of R (and the generators): ``(total, terms)``.
+
+        ``discriminators``: the (unwrapped) D_x and D_y to score the translations with, so
+        their parameters take no part in this backward pass.
+        """
+        w = self.weights
+        flow_x2y, flow_y2x = self.modules["registration"](x, y)
+        terms: dict[str, torch.Tensor] = {
+            "smooth": losses.smoothness(flow_x2y) + losses.smoothness(flow_y2x)
+        }
+        if w.mode == "vmind":
+            terms["similarity"] = losses.mind_loss(
+                self.warp(x, flow_x2y), y, w.mind_radius, w.mind_dilation
+            ) + losses.mind_loss(self.warp(y, flow_y2x), x, w.mind_radius, w.mind_dilation)
+            total = w.similarity * terms["similarity"] + w.smooth * terms["smooth"]
+            return total, terms
+
+        assert translations is not None and discriminators is not None
+        t_x2y, t_y2x = self.modules["translate_x2y"], self.modules["translate_y2x"]
+        y_hat = self.warp(translations.fake_y, flow_x2y)
+        x_hat_prime = self.warp(translations.fake_x, flow_y2x)
+        terms["similarity"] = losses.l1(y_hat, y) + losses.l1(x_hat_prime, x)
+        terms["gan"] = losses.lsgan_generator(
+            discriminators["discriminate_y"](translations.fake_y)
+        ) + losses.lsgan_generator(discriminators["discriminate_x"](translations.fake_x))
+        if w.mode == "cocycle":
+            x_hat = self.warp(t_y2x(y_hat), flow_y2x)
+            y_hat_prime = self.warp(t_x2y(x_hat_prime), flow_x2y)
+            terms["cycle"] = losses.l1(x_hat, x) + losses.l1(y_hat_prime, y)
+        else:  # sepcycle
+            registration_cycle = losses.l1(
+                self.warp(self.warp(x, flow_x2y), flow_y2x), x
+            ) + losses.l1(self.warp(self.warp(y, flow_y2x), flow_x2y), y)
+            translation_cycle = losses.l1(t_y2x(translations.fake_y), x) + losses.l1(
+                t_x2y(translations.fake_x), y
+            )
+            terms["cycle"] = registration_cycle + translation_cycle
+        total = (
+            w.similarity * terms["similarity"]
+            + w.gan * terms["gan"]
+            + w.cycle * terms["cycle"]
+            + w.smooth * terms["smooth"]
+        )
+        return total, terms

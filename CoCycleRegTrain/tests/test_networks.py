@@ -1,0 +1,104 @@
+"""Shapes, parameter counts, initialisation and gradient flow of R, T and D."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cocyclereg.config import Config, load_config
+from cocyclereg.networks import DualHeadUNet, PatchDiscriminator, ResnetGenerator
+from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_published_sizes_have_the_published_parameter_counts():
+    # method.md: R about 0.32 M, each generator about 34 M, each discriminator about 11 M.
+    assert _count(DualHeadUNet()) == pytest.approx(0.32e6, rel=0.01)
+    assert _count(ResnetGenerator()) == pytest.approx(34e6, rel=0.01)
+    assert _count(PatchDiscriminator()) == pytest.approx(11e6, rel=0.01)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (32, 48, 16), (16, 32, 64)])
+def test_every_multiple_of_16_works(shape):
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    flow_x2y, flow_y2x = DualHeadUNet(head_init_std=1e-2)(x, y)
+    assert flow_x2y.shape == flow_y2x.shape == (2, 3, *shape)
+    assert not torch.equal(flow_x2y, flow_y2x)  # two heads
+    generator = ResnetGenerator(ngf=4, blocks=2)
+    translated = generator(x)
+    assert translated.shape == x.shape and translated.abs().max() <= 1
+    scores = PatchDiscriminator(ndf=4, layers=2)(x)
+    assert scores.shape[:2] == (2, 1) and all(s >= 1 for s in scores.shape[2:])
+
+
+def test_size_not_a_multiple_of_16_is_refused():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        DualHeadUNet()(torch.rand(1, 1, 16, 24, 16), torch.rand(1, 1, 16, 24, 16))
+
+
+def test_heads_start_near_identity():
+    torch.manual_seed(0)
+    network = DualHeadUNet()
+    for head in (network.head_x2y, network.head_y2x):
+        assert head.weight.std().item() == pytest.approx(1e-5, rel=0.1)
+        assert torch.count_nonzero(head.bias) == 0
+    flow, _ = network(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    assert flow.abs().max() < 1e-2
+
+
+def test_activation_checkpointing_gives_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    plain = DualHeadUNet(head_init_std=1e-2)
+    checkpointed = DualHeadUNet(head_init_std=1e-2, activation_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x, y = torch.rand(1, 1, 16, 32, 16), torch.rand(1, 1, 16, 32, 16)
+    outputs = [sum(f.square().sum() for f in net(x, y)) for net in (plain, checkpointed)]
+    for output in outputs:
+        output.backward()
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("mode", ["cocycle", "sepcycle", "vmind"])
+def test_gradients_reach_every_network_of_the_mode(mode):
+    config = load_config(preset="cpu-small", overrides=[f"loss.mode={mode}"])
+    config.model.generator.ngf, config.model.generator.blocks = 4, 1
+    config.model.discriminator.ndf = 4
+    torch.manual_seed(0)
+    networks = CoCycleNetworks(config)
+    modules = {name: getattr(networks, name) for name, _ in networks.named_children()}
+    objective = CoCycleObjective(modules, config)
+    x, y = torch.rand(1, 1, 16, 16, 32), torch.rand(1, 1, 16, 16, 32)
+    translations = objective.translate(x, y) if networks.uses_translation else None
+    discriminators = (
+        {"discriminate_x": networks.discriminate_x, "discriminate_y": networks.discriminate_y}
+        if networks.uses_translation
+        else None
+    )
+    total, terms = objective.generator_loss(x, y, translations, discriminators)
+    total.backward()
+    assert set(terms) == (
+        {"similarity", "smooth"} if mode == "vmind" else {"similarity", "gan", "cycle", "smooth"}
+    )
+    for parameter in [*networks.registration.parameters(), *networks.generator_parameters()]:
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    if networks.uses_translation:
+        networks.zero_grad()
+        objective.discriminator_loss(x, y, objective.translate(x, y)).backward()
+        for parameter in networks.discriminator_parameters():
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+        # The discriminator loss sees detached translations: no gradient reaches G.
+        assert all(p.grad is None for p in networks.generator_parameters())
+    else:
+        assert not hasattr(networks, "translate_x2y")
+
+
+def test_default_config_builds_the_published_networks():
+    networks = CoCycleNetworks(Config())
+    assert _count(networks.registration) == _count(DualHeadUNet())
+    assert _count(networks.translate_x2y) == _count(ResnetGenerator())
