@@ -65,20 +65,38 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Which objective, and the weight of each term (all 1.0 in the paper)."""
+    """Which objective, and the weight of each term (all 1.0 in the paper).
+
+    ``structure`` (0 in the paper) weighs a MIND-SSC term between each translation and its
+    input, ``MIND(T_x2y(x), x) + MIND(T_y2x(y), y)``: it pins the translations' geometry, so R
+    cannot absorb a shift that a generator introduced (the paper's objective leaves that
+    freedom open).
+
+    ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
+    L1 image term. Without it, R can lower the L1 of a noisy early translation by shifting it
+    half a voxel on every axis (trilinear interpolation then averages 8 neighbours) and keeps
+    that bias.
+    """
 
     mode: Literal["cocycle", "sepcycle", "vmind"] = "cocycle"
     similarity: float = 1.0
     gan: float = 1.0
     cycle: float = 1.0
     smooth: float = 1.0
+    structure: float = 0.0
+    similarity_sigma: float = 0.0
     mind_radius: int = 1
     mind_dilation: int = 2
 
 
 @dataclass
 class OptimConfig:
-    """Three Adam optimisers (D, G, R) as published; gradient-norm clipping on D and G only."""
+    """Three Adam optimisers (D, G, R) as published; gradient-norm clipping on D and G only.
+
+    ``registration_warmup_steps`` (0 in the paper) keeps R fixed at its near-identity start for
+    that many steps while the translations learn, so R never learns to undo the geometric
+    errors of untrained generators.
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -86,6 +104,7 @@ class OptimConfig:
     clip_discriminator: float | None = 20.0
     clip_generator: float | None = 20.0
     clip_registration: float | None = None
+    registration_warmup_steps: int = 0
 
 
 @dataclass
@@ -245,6 +264,11 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
             for i, (v, a) in enumerate(zip(value, arguments, strict=True))
         )
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)

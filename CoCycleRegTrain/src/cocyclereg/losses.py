@@ -16,6 +16,26 @@ def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).abs().mean()
 
 
+def gaussian_blur(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(N, C, D, H, W)`` images (sigma in voxels, edges
+    replicated); the identity for ``sigma_voxels <= 0``."""
+    if sigma_voxels <= 0:
+        return image
+    radius = max(1, round(3 * sigma_voxels))
+    offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma_voxels) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = image.shape[1]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = kernel.numel()
+        weight = kernel.view(shape).expand(channels, 1, *shape[2:])
+        padding = [0, 0, 0, 0, 0, 0]
+        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
+        image = F.conv3d(F.pad(image, padding, mode="replicate"), weight, groups=channels)
+    return image
+
+
 def lsgan_generator(scores_fake: torch.Tensor) -> torch.Tensor:
     """LSGAN loss of a generator: mean((D(fake) - 1)^2)."""
     return (scores_fake - 1).square().mean()

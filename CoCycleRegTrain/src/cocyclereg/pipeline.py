@@ -11,6 +11,8 @@ Terms of the generator/registration objective (``loss.mode``):
   phi_x2y), y)``; smoothness of both fields.
 * ``sepcycle`` (ablation, paper Eq. 12-13): the CoCycle term replaced by separate registration
   and translation cycles ``L1(W(W(x, phi_x2y), phi_y2x), x) + L1(T_y2x(T_x2y(x)), x)`` and mirror.
+* ``loss.structure > 0`` adds ``MIND(T_x2y(x), x) + MIND(T_y2x(y), y)`` to the translation
+  modes (see :class:`cocyclereg.config.LossConfig`).
 * ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
   plus smoothness; no generators or discriminators.
 """
@@ -88,6 +90,12 @@ class CoCycleObjective:
         self.weights = config.loss
         self.warp = SpatialTransformer("bilinear")
 
+    def _l1(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        sigma = self.weights.similarity_sigma
+        return losses.l1(
+            losses.gaussian_blur(prediction, sigma), losses.gaussian_blur(target, sigma)
+        )
+
     def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
         return Translations(
             fake_y=self.modules["translate_x2y"](x), fake_x=self.modules["translate_y2x"](y)
@@ -130,19 +138,19 @@ class CoCycleObjective:
         t_x2y, t_y2x = self.modules["translate_x2y"], self.modules["translate_y2x"]
         y_hat = self.warp(translations.fake_y, flow_x2y)
         x_hat_prime = self.warp(translations.fake_x, flow_y2x)
-        terms["similarity"] = losses.l1(y_hat, y) + losses.l1(x_hat_prime, x)
+        terms["similarity"] = self._l1(y_hat, y) + self._l1(x_hat_prime, x)
         terms["gan"] = losses.lsgan_generator(
             discriminators["discriminate_y"](translations.fake_y)
         ) + losses.lsgan_generator(discriminators["discriminate_x"](translations.fake_x))
         if w.mode == "cocycle":
             x_hat = self.warp(t_y2x(y_hat), flow_y2x)
             y_hat_prime = self.warp(t_x2y(x_hat_prime), flow_x2y)
-            terms["cycle"] = losses.l1(x_hat, x) + losses.l1(y_hat_prime, y)
+            terms["cycle"] = self._l1(x_hat, x) + self._l1(y_hat_prime, y)
         else:  # sepcycle
-            registration_cycle = losses.l1(
+            registration_cycle = self._l1(
                 self.warp(self.warp(x, flow_x2y), flow_y2x), x
-            ) + losses.l1(self.warp(self.warp(y, flow_y2x), flow_x2y), y)
-            translation_cycle = losses.l1(t_y2x(translations.fake_y), x) + losses.l1(
+            ) + self._l1(self.warp(self.warp(y, flow_y2x), flow_x2y), y)
+            translation_cycle = self._l1(t_y2x(translations.fake_y), x) + self._l1(
                 t_x2y(translations.fake_x), y
             )
             terms["cycle"] = registration_cycle + translation_cycle
@@ -152,4 +160,9 @@ class CoCycleObjective:
             + w.cycle * terms["cycle"]
             + w.smooth * terms["smooth"]
         )
+        if w.structure > 0:
+            terms["structure"] = losses.mind_loss(
+                translations.fake_y, x, w.mind_radius, w.mind_dilation
+            ) + losses.mind_loss(translations.fake_x, y, w.mind_radius, w.mind_dilation)
+            total = total + w.structure * terms["structure"]
         return total, terms

@@ -1,0 +1,542 @@
+"""Training of the collaborative cycle (``cocyclereg train``).
+
+One step (as published): a discriminator step on the detached translations, then one joint
+step of both generators and R with the discriminators frozen; three Adam optimisers.
+
+Reproducibility: the sample of every step and the random state of every step (dropout) are
+functions of (seed, step, rank), so a run resumed from its last checkpoint computes the same
+losses as an uninterrupted run (on CPU). Checkpoints are written atomically and loaded with
+``torch.load(weights_only=True)``, which cannot run code.
+
+Distributed data parallel: launched with ``torchrun``, every process takes its share of each
+global batch and the gradients are averaged by PyTorch's DistributedDataParallel (gloo on CPU,
+NCCL on CUDA). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from cocyclereg import __version__
+from cocyclereg.config import Config, ConfigError, config_from_dict
+from cocyclereg.data import PairedVolumes, load_cases
+from cocyclereg.displacement import voxel_flow_to_displacement_mm
+from cocyclereg.errors import CoCycleRegError
+from cocyclereg.grid import Grid
+from cocyclereg.io import atomic_output
+from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
+from cocyclereg.metrics import dice, hd95
+from cocyclereg.model_file import ModelInfo, save_model
+from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
+from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CoCycleRegError(
+            "CUDA was requested but no CUDA device is available; use --device cpu."
+        )
+    return torch.device(name)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def _set_requires_grad(parameters: list[nn.Parameter], flag: bool) -> None:
+    for parameter in parameters:
+        parameter.requires_grad_(flag)
+
+
+class Trainer:
+    """Trains :class:`CoCycleNetworks` with the settings of ``config``.
+
+    Args:
+        config: the full configuration.
+        resume: continue from ``<output>/checkpoints/last.pt``; without it an output folder that
+            already holds a run is refused, so nothing is overwritten.
+    """
+
+    def __init__(self, config: Config, resume: bool = False) -> None:
+        self.config = config
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = resolve_device(config.train.device)
+        if self.world_size > 1 and self.device.type == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        if config.train.num_threads > 0:
+            torch.set_num_threads(config.train.num_threads)
+        self.output = Path(config.train.output)
+        self.checkpoints = self.output / "checkpoints"
+        self.is_main = self.rank == 0
+        self._check_output(resume)
+
+        if not config.data.train:
+            raise ConfigError("data.train is empty: give a CSV file or a folder of cases")
+        self.train_data = PairedVolumes(
+            load_cases(config.data.train, config.data),
+            config.data,
+            training=True,
+            seed=config.train.seed,
+        )
+        self.validation_data = (
+            PairedVolumes(
+                load_cases(config.data.validation, config.data),
+                config.data,
+                training=False,
+                seed=config.train.seed,
+            )
+            if config.data.validation and self.is_main
+            else None
+        )
+
+        torch.manual_seed(config.train.seed)
+        self.networks = CoCycleNetworks(config).to(self.device)
+        self.translation = self.networks.uses_translation
+        names = ["registration"]
+        if self.translation:
+            names += ["translate_x2y", "translate_y2x", "discriminate_x", "discriminate_y"]
+        if self.world_size > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.modules = {
+                name: DistributedDataParallel(
+                    getattr(self.networks, name),
+                    device_ids=[self.device] if self.device.type == "cuda" else None,
+                )
+                for name in names
+            }
+        else:
+            self.modules = {name: getattr(self.networks, name) for name in names}
+        self.objective = CoCycleObjective(self.modules, config)
+
+        optim = config.optim
+        adam = {"lr": optim.lr, "betas": optim.betas, "weight_decay": optim.weight_decay}
+        self.optimizer_r = torch.optim.Adam(self.networks.registration.parameters(), **adam)
+        self.optimizer_g = (
+            torch.optim.Adam(self.networks.generator_parameters(), **adam)
+            if self.translation
+            else None
+        )
+        self.optimizer_d = (
+            torch.optim.Adam(self.networks.discriminator_parameters(), **adam)
+            if self.translation
+            else None
+        )
+        amp = config.train.mixed_precision
+        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=amp and self.device.type == "cuda"
+        )
+
+        self.step = 0
+        self.best: dict[str, Any] = {}
+        self.identity_metrics: dict[str, float] | None = None
+        if resume:
+            self._load_checkpoint(self.checkpoints / "last.pt")
+        self.writer = None
+
+    # ------------------------------------------------------------------ files
+    def _check_output(self, resume: bool) -> None:
+        last = self.checkpoints / "last.pt"
+        if resume and not last.is_file():
+            raise CoCycleRegError(f"cannot resume: {last} does not exist")
+        if not resume and last.exists():
+            raise CoCycleRegError(
+                f"{self.output} already holds a training run; pass --resume to continue it or "
+                "choose another train.output"
+            )
+        if self.is_main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            with atomic_output(self.output / "config.yaml") as temporary:
+                temporary.write_text(yaml.safe_dump(_plain(self.config.to_dict()), sort_keys=False))
+
+    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        with (self.output / name).open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def _truncate_jsonl(self, name: str, last_step: int) -> None:
+        path = self.output / name
+        if not path.exists():
+            return
+        kept = [
+            line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step
+        ]
+        with atomic_output(path) as temporary:
+            temporary.write_text("".join(line + "\n" for line in kept))
+
+    def _state(self) -> dict[str, Any]:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "config": self.config.to_json(),
+            "networks": self.networks.state_dict(),
+            "optimizer_r": self.optimizer_r.state_dict(),
+            "best": json.dumps(self.best),
+            "identity": json.dumps(self.identity_metrics),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.translation:
+            state["optimizer_g"] = self.optimizer_g.state_dict()
+            state["optimizer_d"] = self.optimizer_d.state_dict()
+        return state
+
+    def _save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        with atomic_output(self.checkpoints / name) as temporary:
+            torch.save(state, temporary)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CoCycleRegError(f"{path} is not a checkpoint of this cocyclereg version")
+        saved = json.loads(state["config"])
+        current = self.config.to_dict()
+        for section in ("model", "loss", "data"):
+            if _plain(saved[section]) != _plain(current[section]):
+                raise CoCycleRegError(
+                    f"cannot resume: the {section} settings differ from those in {path}"
+                )
+        self.networks.load_state_dict(state["networks"])
+        self.optimizer_r.load_state_dict(state["optimizer_r"])
+        if self.translation:
+            self.optimizer_g.load_state_dict(state["optimizer_g"])
+            self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.best = json.loads(state["best"])
+        self.identity_metrics = json.loads(state["identity"])
+        if self.is_main:
+            self._truncate_jsonl("losses.jsonl", self.step)
+            self._truncate_jsonl("validation.jsonl", self.step)
+
+    # ------------------------------------------------------------------ data
+    def batch_for_step(self, step: int) -> dict[str, Any]:
+        """This process's share of the global batch of ``step``: sample ``g`` of the run is
+        item ``order_e[g mod n]`` of epoch ``e = g div n`` (``order_e`` a seeded permutation)."""
+        batch_size, count = self.config.train.batch_size, len(self.train_data)
+        first = (step * self.world_size + self.rank) * batch_size
+        items = []
+        for global_index in range(first, first + batch_size):
+            epoch, position = divmod(global_index, count)
+            order = np.random.default_rng([self.config.train.seed, epoch]).permutation(count)
+            items.append(self.train_data.sample(int(order[position]), epoch))
+        return default_collate(items)
+
+    # ------------------------------------------------------------------ step
+    def _autocast(self):
+        if not self.config.train.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _clip(self, parameters, limit: float | None) -> None:
+        if limit is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, limit)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One published training step on ``batch``; returns the loss terms as floats."""
+        torch.manual_seed(_step_seed(self.config.train.seed, self.step, self.rank))
+        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+        record: dict[str, float] = {}
+        translations = None
+        discriminators = None
+        if self.translation:
+            with self._autocast():
+                translations = self.objective.translate(x, y)
+                loss_d = self.objective.discriminator_loss(x, y, translations)
+            self.optimizer_d.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_d).backward()
+            self.scaler.unscale_(self.optimizer_d)
+            self._clip(
+                self.networks.discriminator_parameters(), self.config.optim.clip_discriminator
+            )
+            self.scaler.step(self.optimizer_d)
+            record["discriminator"] = float(loss_d.detach())
+            discriminators = {
+                "discriminate_x": self.networks.discriminate_x,
+                "discriminate_y": self.networks.discriminate_y,
+            }
+            _set_requires_grad(self.networks.discriminator_parameters(), False)
+        try:
+            with self._autocast():
+                loss, terms = self.objective.generator_loss(x, y, translations, discriminators)
+            self.optimizer_r.zero_grad(set_to_none=True)
+            if self.optimizer_g is not None:
+                self.optimizer_g.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        finally:
+            if self.translation:
+                _set_requires_grad(self.networks.discriminator_parameters(), True)
+        if self.step >= self.config.optim.registration_warmup_steps:
+            self.scaler.unscale_(self.optimizer_r)
+            self._clip(self.networks.registration.parameters(), self.config.optim.clip_registration)
+            self.scaler.step(self.optimizer_r)
+        if self.optimizer_g is not None:
+            self.scaler.unscale_(self.optimizer_g)
+            self._clip(self.networks.generator_parameters(), self.config.optim.clip_generator)
+            self.scaler.step(self.optimizer_g)
+        self.scaler.update()
+        record["total"] = float(loss.detach())
+        record.update({name: float(value.detach()) for name, value in terms.items()})
+        return record
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Dice, HD95 (mm) and folding of R's x->y field on the validation pairs, plus the
+        same Dice and HD95 without registration (identity) for reference."""
+        assert self.validation_data is not None
+        registration = self.networks.registration.eval()
+        nearest = SpatialTransformer("nearest")
+        grid = Grid(
+            tuple(self.config.data.size),
+            tuple(self.config.data.spacing),
+            (0.0, 0.0, 0.0),
+            (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        )
+        spacing_dhw = tuple(reversed(self.config.data.spacing))
+        scores: dict[str, list[float]] = {
+            "dice": [],
+            "hd95": [],
+            "folding_percent": [],
+            "identity_dice": [],
+            "identity_hd95": [],
+        }
+        for index in range(len(self.validation_data)):
+            item = self.validation_data[index]
+            if "x_labels" not in item:
+                continue
+            x, y = item["x"][None].to(self.device), item["y"][None].to(self.device)
+            flow_x2y, _ = registration(x, y)
+            warped = (
+                warp_labels(item["x_labels"][None].to(self.device), flow_x2y, nearest)[0, 0]
+                .cpu()
+                .numpy()
+            )
+            fixed = item["y_labels"][0].numpy()
+            moving = item["x_labels"][0].numpy()
+            for prefix, labels in (("", warped), ("identity_", moving)):
+                per_label = dice(fixed, labels)
+                if per_label:
+                    scores[prefix + "dice"].append(float(np.mean(list(per_label.values()))))
+                    scores[prefix + "hd95"].append(
+                        float(
+                            np.nanmean(
+                                [hd95(fixed, labels, spacing_dhw, label) for label in per_label]
+                            )
+                        )
+                    )
+            flow = flow_x2y[0].double().cpu().numpy()
+            determinant = jacobian_determinant_array(
+                voxel_flow_to_displacement_mm(flow, grid), grid
+            )
+            scores["folding_percent"].append(folding_stats(determinant).folding_percent)
+        registration.train()
+        return {name: float(np.mean(values)) for name, values in scores.items() if values}
+
+    # ------------------------------------------------------------------ logging
+    def _log_images(self, batch: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        with torch.no_grad():
+            x, y = batch["x"][:1].to(self.device), batch["y"][:1].to(self.device)
+            flow_x2y, _ = self.networks.registration(x, y)
+            panels = [x, y, SpatialTransformer()(x, flow_x2y)]
+            if self.translation:
+                fake_y = self.networks.translate_x2y(x)
+                panels += [fake_y, SpatialTransformer()(fake_y, flow_x2y)]
+            middle = x.shape[2] // 2
+            row = torch.cat([p[0, :, middle].float().clamp(0, 1).cpu() for p in panels], dim=-1)
+        self.writer.add_image(
+            "axial: x | y | warped x | T_x2y(x) | warped T_x2y(x)", row, self.step
+        )
+
+    def _log(self, record: dict[str, float], prefix: str) -> None:
+        if self.writer is not None:
+            for name, value in record.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, self.step)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path | None:
+        """Train until ``train.steps``; export the model; returns its path on rank 0."""
+        train = self.config.train
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output / "tensorboard"), purge_step=self.step + 1)
+            if self.validation_data is not None and self.identity_metrics is None:
+                validation = self.validate()
+                self.identity_metrics = {
+                    k: v for k, v in validation.items() if k.startswith("identity_")
+                }
+        started = time.monotonic()
+        progress = tqdm(
+            total=train.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=not self.is_main,
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < train.steps:
+                batch = self.batch_for_step(self.step)
+                record = self.train_step(batch)
+                self.step += 1
+                progress.update(1)
+                progress.set_postfix(
+                    {
+                        k: f"{v:.4f}"
+                        for k, v in record.items()
+                        if k in ("total", "similarity", "cycle")
+                    }
+                )
+                if not self.is_main:
+                    continue
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    self._append_jsonl("losses.jsonl", {"step": self.step, **record})
+                    self._log(record, "train")
+                if self.step % train.image_every == 0:
+                    self._log_images(batch)
+                if self.validation_data is not None and (
+                    self.step % train.validate_every == 0 or self.step == train.steps
+                ):
+                    self._validate_and_keep_best()
+                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                    self._save_checkpoint("last.pt", self._state())
+        finally:
+            progress.close()
+            if self.writer is not None:
+                self.writer.close()
+        if not self.is_main:
+            return None
+        return self.export(
+            self.output / "model.cocyclereg", wall_seconds=time.monotonic() - started
+        )
+
+    def _validate_and_keep_best(self) -> None:
+        metrics = self.validate()
+        self._append_jsonl("validation.jsonl", {"step": self.step, **metrics})
+        self._log(metrics, "validation")
+        score = (metrics.get("dice", -1.0), -metrics.get("folding_percent", 0.0))
+        best_score = (self.best.get("dice", -2.0), -self.best.get("folding_percent", 0.0))
+        if score > best_score:
+            self.best = {"step": self.step, **metrics}
+            self._save_checkpoint(
+                "best.pt",
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "step": self.step,
+                    "registration": self.networks.registration.state_dict(),
+                    "best": json.dumps(self.best),
+                },
+            )
+
+    def export(self, path: Path, wall_seconds: float | None = None) -> Path:
+        """Write the inference model: the best validated R if there is one, else the last."""
+        registration = CoCycleNetworks(self.config).registration
+        registration.load_state_dict(self.networks.registration.state_dict())
+        best_path = self.checkpoints / "best.pt"
+        if best_path.is_file():
+            state = torch.load(best_path, map_location="cpu", weights_only=True)
+            registration.load_state_dict(state["registration"])
+        provenance = {
+            "steps": self.step,
+            "wall_seconds_last_session": wall_seconds,
+            "training_cases": [case.name for case in self.train_data.cases],
+            "world_size": self.world_size,
+        }
+        info = model_info(
+            self.config, provenance, {"best": self.best, "identity": self.identity_metrics}
+        )
+        return save_model(path, registration, info)
+
+
+def model_info(config: Config, provenance: dict[str, Any], validation: dict[str, Any]) -> ModelInfo:
+    """The description written beside R's weights: modalities, grid, normalisation, network,
+    and where the weights came from."""
+    data = config.data
+    return ModelInfo(
+        x_modality=data.x_modality,
+        y_modality=data.y_modality,
+        spacing=tuple(data.spacing),
+        size=tuple(data.size),
+        orientation=data.orientation,
+        normalization={"x": asdict(data.x_normalization), "y": asdict(data.y_normalization)},
+        architecture=asdict(config.model.registration),
+        provenance={
+            "cocyclereg_version": __version__,
+            "config": _plain(config.to_dict()),
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **provenance,
+        },
+        validation=validation,
+    )
+
+
+def export_checkpoint(run: str | Path, output: str | Path) -> Path:
+    """Export the model of a run folder: best.pt's R if validated, else last.pt's."""
+    run = Path(run)
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise CoCycleRegError(f"{run} is not a training run folder: {last} is missing")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    saved = json.loads(state["config"])
+    config = config_from_dict(saved)
+    registration = CoCycleNetworks(config).registration
+    prefix = "registration."
+    registration.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state["networks"].items() if k.startswith(prefix)}
+    )
+    best = json.loads(state["best"])
+    if (run / "checkpoints" / "best.pt").is_file():
+        best_state = torch.load(
+            run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True
+        )
+        registration.load_state_dict(best_state["registration"])
+    info = model_info(
+        config,
+        {"steps": int(state["step"])},
+        {"best": best, "identity": json.loads(state["identity"])},
+    )
+    return save_model(output, registration, info)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively (for YAML/JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def train(config: Config, resume: bool = False) -> Path | None:
+    """Train a model with ``config``; returns the exported model path (rank 0)."""
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
