@@ -46,3 +46,20 @@ def test_twelve_ssc_pairs_are_the_edges_between_face_neighbours():
     for a, b in losses._SSC_PAIRS:
         assert sum(abs(p) for p in a) == sum(abs(q) for q in b) == 1
         assert sum((p - q) ** 2 for p, q in zip(a, b, strict=True)) == 2
+
+
+def test_gaussian_blur_keeps_constants_and_mass_and_removes_noise():
+    torch.manual_seed(0)
+    constant = torch.full((1, 1, 9, 10, 11), 3.5)
+    torch.testing.assert_close(losses.gaussian_blur(constant, 1.0), constant)
+    noise = torch.randn(1, 2, 24, 24, 24, dtype=torch.float64)
+    blurred = losses.gaussian_blur(noise, 1.0)
+    assert blurred.shape == noise.shape
+    assert blurred.std() < 0.3 * noise.std()  # 3D Gaussian, sigma 1: std falls to about 0.18
+    impulse = torch.zeros(1, 1, 15, 15, 15, dtype=torch.float64)
+    impulse[0, 0, 7, 7, 7] = 1
+    response = losses.gaussian_blur(impulse, 1.5)
+    assert response.sum().item() == pytest.approx(1.0)
+    assert response[0, 0, 7, 7, 7] == response.max()
+    torch.testing.assert_close(response, response.flip(2).flip(3).flip(4))
+    assert torch.equal(losses.gaussian_blur(noise, 0.0), noise)

@@ -64,9 +64,17 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients():
         torch.testing.assert_close(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("mode", ["cocycle", "sepcycle", "vmind"])
-def test_gradients_reach_every_network_of_the_mode(mode):
-    config = load_config(preset="cpu-small", overrides=[f"loss.mode={mode}"])
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("cocycle", []),
+        ("sepcycle", []),
+        ("vmind", []),
+        ("cocycle", ["loss.structure=1.0", "loss.similarity_sigma=1.0"]),
+    ],
+)
+def test_gradients_reach_every_network_of_the_mode(mode, extra):
+    config = load_config(preset="cpu-small", overrides=[f"loss.mode={mode}", *extra])
     config.model.generator.ngf, config.model.generator.blocks = 4, 1
     config.model.discriminator.ndf = 4
     torch.manual_seed(0)
@@ -82,9 +90,10 @@ def test_gradients_reach_every_network_of_the_mode(mode):
     )
     total, terms = objective.generator_loss(x, y, translations, discriminators)
     total.backward()
-    assert set(terms) == (
+    expected = (
         {"similarity", "smooth"} if mode == "vmind" else {"similarity", "gan", "cycle", "smooth"}
     )
+    assert set(terms) == (expected | {"structure"} if extra else expected)
     for parameter in [*networks.registration.parameters(), *networks.generator_parameters()]:
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
     if networks.uses_translation:
