@@ -1,0 +1,157 @@
+"""The registration engine: head choice, field geometry on oblique grids, affine folding,
+labels, and refusals. A network with constant heads makes the expected fields exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import TEST_GRIDS, image_on, smooth_volume
+
+from cocyclereg.displacement import displacement_array, transform_to_displacement_field
+from cocyclereg.errors import GeometryError, InputError
+from cocyclereg.grid import Grid
+from cocyclereg.model_file import ModelInfo
+from cocyclereg.networks import DualHeadUNet
+from cocyclereg.register import register
+
+FORWARD_VOXELS = (0.5, -1.0, 1.5)  # head x2y output, channels (D, H, W)
+INVERSE_VOXELS = (-0.25, 0.75, -2.0)  # head y2x output
+SPACING = (2.0, 2.5, 3.0)
+
+
+def _constant_model() -> tuple[DualHeadUNet, ModelInfo]:
+    network = DualHeadUNet((4, 8, 8, 8, 8), (8, 8, 8, 8, 4, 4))
+    with torch.no_grad():
+        for head, values in (
+            (network.head_x2y, FORWARD_VOXELS),
+            (network.head_y2x, INVERSE_VOXELS),
+        ):
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor(values))
+    percentile = {"method": "percentile", "lower": 0.5, "upper": 99.5, "window": [-1000, 1000]}
+    info = ModelInfo(
+        "t1",
+        "t2",
+        SPACING,
+        (16, 16, 16),
+        "LPS",
+        {"x": percentile, "y": percentile},
+        {"encoder_features": [4, 8, 8, 8, 8], "decoder_features": [8, 8, 8, 8, 4, 4]},
+    )
+    return network, info
+
+
+def _expected_mm(voxels) -> np.ndarray:
+    # LPS-aligned model grid: a (d, h, w) voxel step is (w * sx, h * sy, d * sz) mm.
+    return np.asarray(voxels[::-1]) * np.asarray(SPACING)
+
+
+def _inside(model: Grid, grid: Grid) -> np.ndarray:
+    index = model.physical_to_index(grid.physical_points())
+    return np.all((index >= 0) & (index <= np.asarray(model.size) - 1), axis=-1)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_fields_follow_the_chosen_head_on_oblique_grids(swap):
+    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
+    fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=3))
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    modalities = {"moving_modality": "t2", "fixed_modality": "t1"} if swap else {}
+    result = register(fixed, moving, _constant_model(), affine=False, device="cpu", **modalities)
+
+    forward, inverse = (
+        (INVERSE_VOXELS, FORWARD_VOXELS) if swap else (FORWARD_VOXELS, INVERSE_VOXELS)
+    )
+    assert Grid.from_image(result.transform).is_close(fixed_grid)
+    assert Grid.from_image(result.inverse_transform).is_close(moving_grid)
+    inside = _inside(result.model_grid, fixed_grid)
+    assert inside.mean() > 0.9  # the model grid holds the fixed image's foreground
+    field = displacement_array(result.transform)
+    np.testing.assert_allclose(
+        field[inside], np.broadcast_to(_expected_mm(forward), field[inside].shape), atol=1e-9
+    )
+    inverse_inside = _inside(result.model_grid, moving_grid)
+    inverse_field = displacement_array(result.inverse_transform)
+    np.testing.assert_allclose(
+        inverse_field[inverse_inside],
+        np.broadcast_to(_expected_mm(inverse), inverse_field[inverse_inside].shape),
+        atol=1e-9,
+    )
+    # A constant shift has J = 1 wherever it is constant.
+    jacobian = sitk.GetArrayFromImage(result.jacobian)
+    interior = inside & np.pad(np.ones(np.asarray(inside.shape) - 2, bool), 1)
+    np.testing.assert_allclose(jacobian[interior], 1.0, atol=1e-6)
+    assert Grid.from_image(result.jacobian).is_close(fixed_grid)
+    assert Grid.from_image(result.warped).is_close(fixed_grid)
+
+
+def test_affine_is_folded_into_both_fields(data_dir):
+    folder = data_dir / "brain-t1t2" / "TCGA-FG-6692-unregistered"
+    network, info = _constant_model()
+    with torch.no_grad():
+        network.head_x2y.bias.zero_()
+        network.head_y2x.bias.zero_()
+    result = register(folder / "t1.nii.gz", folder / "t2.nii.gz", (network, info), device="cpu")
+    fixed = sitk.ReadImage(str(folder / "t1.nii.gz"))
+    moving = sitk.ReadImage(str(folder / "t2.nii.gz"))
+    expected = displacement_array(
+        transform_to_displacement_field(result.affine, Grid.from_image(fixed))
+    )
+    np.testing.assert_allclose(displacement_array(result.transform), expected, atol=1e-6)
+    inverse = displacement_array(
+        transform_to_displacement_field(result.affine.GetInverse(), Grid.from_image(moving))
+    )
+    np.testing.assert_allclose(displacement_array(result.inverse_transform), inverse, atol=1e-6)
+
+    # The affine really aligns: mutual information with the fixed image rises.
+    def mutual_information(image):
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(32)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetInitialTransform(sitk.Transform(3, sitk.sitkIdentity))
+        return -method.MetricEvaluate(
+            sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(image, sitk.sitkFloat32)
+        )
+
+    unregistered = sitk.Resample(
+        moving, fixed, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0
+    )
+    assert mutual_information(result.warped) > 1.2 * mutual_information(unregistered)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(result.jacobian),
+        np.linalg.det(np.reshape(result.affine.GetMatrix(), (3, 3))),
+        rtol=1e-4,
+    )
+
+
+def test_labels_are_warped_without_new_values_and_must_share_the_moving_grid():
+    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["permuted-flipped"]
+    fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=1))
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=2))
+    rng = np.random.default_rng(0)
+    labels = image_on(
+        moving_grid, rng.choice(np.array([0, 3, 8], np.uint8), size=moving_grid.shape)
+    )
+    result = register(fixed, moving, _constant_model(), affine=False, device="cpu", labels=[labels])
+    (warped,) = result.warped_labels
+    assert warped.GetPixelID() == sitk.sitkUInt8 and Grid.from_image(warped).is_close(fixed_grid)
+    assert set(np.unique(sitk.GetArrayFromImage(warped))) <= {0, 3, 8}
+    elsewhere = image_on(fixed_grid, np.zeros(fixed_grid.shape, np.uint8))
+    with pytest.raises(GeometryError, match="not on the moving image's grid"):
+        register(fixed, moving, _constant_model(), affine=False, device="cpu", labels=[elsewhere])
+
+
+def test_unknown_modality_and_constant_images_are_refused():
+    grid = TEST_GRIDS["identity"]
+    image = image_on(grid, smooth_volume(grid))
+    with pytest.raises(InputError, match=r"t1 and t2.*'ct'"):
+        register(image, image, _constant_model(), moving_modality="ct", device="cpu")
+    with pytest.raises(InputError, match="both 't2'"):
+        register(
+            image, image, _constant_model(), moving_modality="t2", fixed_modality="t2", device="cpu"
+        )
+    constant = image_on(grid, np.full(grid.shape, 7.0, np.float32))
+    with pytest.raises(InputError, match="moving image is constant"):
+        register(image, constant, _constant_model(), device="cpu")
