@@ -155,3 +155,91 @@ def test_unknown_modality_and_constant_images_are_refused():
     constant = image_on(grid, np.full(grid.shape, 7.0, np.float32))
     with pytest.raises(InputError, match="moving image is constant"):
         register(image, constant, _constant_model(), device="cpu")
+
+
+def test_register_command_writes_every_output_or_none(tmp_path, capsys):
+    from cocyclereg.cli import main
+    from cocyclereg.model_file import save_model
+
+    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
+    sitk.WriteImage(
+        image_on(fixed_grid, smooth_volume(fixed_grid, seed=3)), str(tmp_path / "f.nrrd")
+    )
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    labels = image_on(moving_grid, (smooth_volume(moving_grid, seed=5) > 0).astype(np.uint8))
+    sitk.WriteImage(labels, str(tmp_path / "l.nii.gz"))
+    model = save_model(tmp_path / "model.cocyclereg", *_constant_model())
+    out = tmp_path / "out"
+    out.mkdir()
+    arguments = [
+        "register",
+        "--fixed",
+        str(tmp_path / "f.nrrd"),
+        "--moving",
+        str(tmp_path / "m.nii.gz"),
+        "--model",
+        str(model),
+        "--no-affine",
+        "--device",
+        "cpu",
+        "--transform",
+        str(out / "t.h5"),
+        "--inverse-transform",
+        str(out / "i.nii.gz"),
+        "--warped",
+        str(out / "w.nii.gz"),
+        "--jacobian",
+        str(out / "j.nii.gz"),
+        "--labels",
+        str(tmp_path / "l.nii.gz"),
+        "--warped-labels",
+        str(out / "wl.nii.gz"),
+        "--summary",
+        str(out / "s.json"),
+    ]
+    assert main(arguments) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "i.nii.gz",
+        "j.nii.gz",
+        "s.json",
+        "t.h5",
+        "w.nii.gz",
+        "wl.nii.gz",
+    ]
+    # The written transform, applied by SimpleITK alone, reproduces the written warped image.
+    fixed = sitk.ReadImage(str(tmp_path / "f.nrrd"))
+    again = sitk.Resample(
+        moving,
+        fixed,
+        sitk.ReadTransform(str(out / "t.h5")),
+        sitk.sitkLinear,
+        float(sitk.GetArrayViewFromImage(moving).min()),
+        sitk.sitkFloat32,
+    )
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(again),
+        sitk.GetArrayFromImage(sitk.ReadImage(str(out / "w.nii.gz"))),
+        atol=1e-5,
+    )
+    import json
+
+    summary = json.loads((out / "s.json").read_text())
+    assert set(summary["seconds"]) == {"load", "affine", "preprocess", "network", "output", "write"}
+    assert summary["device"] == "cpu" and summary["folding"]["total_voxels"] == int(
+        np.prod(fixed_grid.size)
+    )
+    assert "J <= 0 in" in capsys.readouterr().out
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    elsewhere = image_on(fixed_grid, np.ones(fixed_grid.shape, np.uint8))
+    sitk.WriteImage(elsewhere, str(tmp_path / "elsewhere.nii.gz"))
+    bad = [
+        a if a != str(tmp_path / "l.nii.gz") else str(tmp_path / "elsewhere.nii.gz")
+        for a in arguments
+    ]
+    bad = [a.replace(str(out), str(failed)) for a in bad]
+    assert main(bad) == 3  # labels not on the moving grid: a geometry error
+    assert list(failed.iterdir()) == []
+    assert "not on the moving image's grid" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,93 @@ def _jacobian(args: argparse.Namespace) -> int:
     if args.summary:
         with atomic_output(args.summary) as temporary:
             temporary.write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    import time
+
+    from cocyclereg.displacement import write_displacement_transform
+    from cocyclereg.errors import InputError
+    from cocyclereg.register import register
+
+    labels, warped_labels = list(args.labels or []), list(args.warped_labels or [])
+    if len(labels) != len(warped_labels):
+        raise InputError("give one --warped-labels output for every --labels input")
+    outputs = [
+        args.transform,
+        args.inverse_transform,
+        args.warped,
+        args.jacobian,
+        args.summary,
+        *warped_labels,
+    ]
+    chosen = [Path(p).resolve() for p in outputs if p is not None]
+    inputs = {Path(p).resolve() for p in (args.fixed, args.moving, *labels)}
+    if len(set(chosen)) != len(chosen) or inputs & set(chosen):
+        raise InputError("every output needs its own path, different from every input")
+    for path in chosen:
+        if not path.parent.is_dir():
+            raise InputError(f"Output folder does not exist: {path.parent}")
+
+    result = register(
+        args.fixed,
+        args.moving,
+        args.model,
+        fixed_modality=args.fixed_modality,
+        moving_modality=args.moving_modality,
+        affine=args.affine,
+        device=args.device,
+        labels=labels,
+        warp_moving=args.warped is not None,
+    )
+    started = time.perf_counter()
+    images = [
+        (result.warped, args.warped),
+        (result.jacobian, args.jacobian),
+        *zip(result.warped_labels, warped_labels, strict=True),
+    ]
+    with contextlib.ExitStack() as stack:  # all outputs appear together, or none
+
+        def temporary(path):
+            return stack.enter_context(atomic_output(path))
+
+        write_displacement_transform(result.transform, temporary(args.transform))
+        if args.inverse_transform:
+            write_displacement_transform(
+                result.inverse_transform, temporary(args.inverse_transform)
+            )
+        for image, path in images:
+            if path is not None:
+                write_image(image, temporary(path))
+    result.seconds["write"] = time.perf_counter() - started
+    folding = result.folding
+    print(
+        f"registered {args.moving} to {args.fixed} on {result.device}; J <= 0 in "
+        f"{folding.folding_voxels} voxels ({folding.folding_percent:.4f} %)"
+    )
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
+    if args.summary:
+        summary = {
+            "fixed": str(args.fixed),
+            "moving": str(args.moving),
+            "model": str(args.model),
+            "modalities": {"x": result.model.x_modality, "y": result.model.y_modality},
+            "model_provenance": {
+                k: result.model.provenance.get(k)
+                for k in ("cocyclereg_version", "exported", "steps")
+            },
+            "device": result.device,
+            "seconds": result.seconds,
+            "folding": folding.as_dict(),
+            "model_grid": {
+                "size": list(result.model_grid.size),
+                "spacing": list(result.model_grid.spacing),
+            },
+            "affine": list(result.affine.GetParameters()) if result.affine is not None else None,
+        }
+        with atomic_output(args.summary) as temporary:
+            temporary.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 
@@ -113,6 +201,53 @@ def build_parser() -> argparse.ArgumentParser:
     jacobian.add_argument("--output", type=Path, help="write J as a float volume")
     jacobian.add_argument("--summary", type=Path, help="write the folding statistics as JSON")
     jacobian.set_defaults(run=_jacobian)
+
+    registration = commands.add_parser(
+        "register",
+        help="register a moving image to a fixed image with a trained model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Register MOVING to FIXED (any orientation, spacing and size).\n\n"
+        "--transform is an ITK displacement field on the fixed grid mapping fixed-space points to\n"
+        "the moving-space points to sample (affine part included): SimpleITK, ANTs and Slicer\n"
+        "apply it unchanged. --inverse-transform does the same from moving to fixed, on the\n"
+        "moving grid. Outputs are written to temporary names and renamed when complete.\n\n"
+        "  cocyclereg register --fixed t2.nii.gz --moving t1.nii.gz --model brain.cocyclereg \\\n"
+        "      --transform t1_to_t2.h5 --warped t1_in_t2.nii.gz --jacobian j.nii.gz",
+    )
+    registration.add_argument("--fixed", required=True, type=Path, help="fixed (reference) image")
+    registration.add_argument("--moving", required=True, type=Path, help="moving image")
+    registration.add_argument("--model", required=True, type=Path, help="model file (.cocyclereg)")
+    registration.add_argument("--moving-modality", help="model modality name of the moving image")
+    registration.add_argument("--fixed-modality", help="model modality name of the fixed image")
+    registration.add_argument(
+        "--transform", required=True, type=Path, help="forward transform output (.h5 or .nii.gz)"
+    )
+    registration.add_argument("--inverse-transform", type=Path, help="inverse transform output")
+    registration.add_argument(
+        "--warped", type=Path, help="moving image resampled onto the fixed grid"
+    )
+    registration.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        help="labelmap on the moving grid to warp (repeatable)",
+    )
+    registration.add_argument(
+        "--warped-labels",
+        type=Path,
+        action="append",
+        help="output of the matching --labels (repeatable, same order)",
+    )
+    registration.add_argument("--jacobian", type=Path, help="det(I + grad u) on the fixed grid")
+    registration.add_argument("--summary", type=Path, help="JSON: stage seconds, device, folding")
+    registration.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mutual-information affine pre-alignment (default: on)",
+    )
+    registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    registration.set_defaults(run=_register)
 
     training = commands.add_parser(
         "train",
