@@ -211,3 +211,18 @@ def test_distributed_gradients_match_a_single_process(pair_csv, tmp_path):
         assert error <= 1e-3 * gradient.norm().item() + 1e-7, (name, error)
     registration = [g for name, g in expected.items() if name.startswith("registration.head")]
     assert all(g.norm() > 1e-3 for g in registration)
+
+
+@pytest.mark.slow
+def test_mixed_precision_and_checkpointing_step_matches_float32(pair_csv, tmp_path):
+    def first_step(name: str, *extra: str) -> dict[str, float]:
+        config = load_config(
+            preset="cpu-small", overrides=_settings(pair_csv, tmp_path / name, *extra)
+        )
+        trainer = Trainer(config)
+        return trainer.train_step(trainer.batch_for_step(0))
+
+    reference = first_step("float32")
+    lean = first_step("lean", "train.mixed_precision=true", "train.activation_checkpointing=true")
+    for term in ("similarity", "cycle", "gan", "discriminator"):
+        assert lean[term] == pytest.approx(reference[term], rel=0.05), term
