@@ -243,3 +243,50 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
     assert main(bad) == 3  # labels not on the moving grid: a geometry error
     assert list(failed.iterdir()) == []
     assert "not on the moving image's grid" in capsys.readouterr().err
+
+
+def test_too_large_for_memory_is_refused_before_the_network_runs(monkeypatch):
+    import cocyclereg.register as engine
+
+    grid = TEST_GRIDS["identity"]
+    image = image_on(grid, smooth_volume(grid))
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(DualHeadUNet, "forward", lambda *a: pytest.fail("network ran"))
+    with pytest.raises(InputError, match=r"needs about .* GB on cpu but only 0.0 GB"):
+        register(image, image, _constant_model(), affine=False, device="cpu")
+
+
+def test_memory_estimate_scales_with_the_grid():
+    from cocyclereg.register import estimated_network_bytes
+
+    _, info = _constant_model()
+    small = Grid((16, 16, 16), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    large = Grid((32, 32, 32), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert estimated_network_bytes(large, info) == 8 * estimated_network_bytes(small, info)
+    # At least the float32 inputs, fields and full-resolution features, at most a few times more.
+    assert 4 * (2 + 6 + 4) * 16**3 < estimated_network_bytes(small, info) < 4 * 200 * 16**3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the absence of CUDA")
+def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
+    from cocyclereg.cli import main
+
+    grid = TEST_GRIDS["identity"]
+    sitk.WriteImage(image_on(grid, smooth_volume(grid)), str(tmp_path / "f.nii.gz"))
+    code = main(
+        [
+            "register",
+            "--fixed",
+            str(tmp_path / "f.nii.gz"),
+            "--moving",
+            str(tmp_path / "f.nii.gz"),
+            "--model",
+            str(tmp_path / "absent.cocyclereg"),
+            "--device",
+            "cuda",
+            "--transform",
+            str(tmp_path / "t.h5"),
+        ]
+    )
+    assert code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "t.h5").exists()

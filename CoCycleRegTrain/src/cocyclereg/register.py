@@ -126,6 +126,32 @@ def _choose_direction(
     return fixed_modality == info.y_modality
 
 
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: CUDA's free memory, or Linux's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimated_network_bytes(grid: Grid, info: ModelInfo) -> int:
+    """Peak memory of one inference pass of R on ``grid`` (float32), with a 2x margin: every
+    encoder and decoder feature map at its resolution, the inputs and both fields."""
+    voxels = int(np.prod(grid.size))
+    encoder = info.architecture["encoder_features"]
+    decoder = info.architecture["decoder_features"]
+    per_voxel = 2 + 6  # the two inputs, both fields
+    per_voxel += sum(c / 8**level for level, c in enumerate(encoder))
+    per_voxel += sum(c / 8 ** (len(decoder[:4]) - 1 - level) for level, c in enumerate(decoder[:4]))
+    per_voxel += sum(decoder[4:]) + decoder[3] + encoder[0]  # full-resolution refinement
+    return int(2 * 4 * per_voxel * voxels)
+
+
 def _check_volume(image: sitk.Image, role: str) -> None:
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0 or float(array.max()) == float(array.min()):
@@ -199,6 +225,13 @@ def register(
     direction = LPS_DIRECTION if info.orientation == "LPS" else None
     grid = model_grid(fixed, spacing=info.spacing, multiple=info.size_multiple, direction=direction)
     fixed_side, moving_side = ("y", "x") if moving_is_x else ("x", "y")
+    needed, available = estimated_network_bytes(grid, info), available_memory_bytes(torch_device)
+    if available is not None and needed > available:
+        raise InputError(
+            f"The model grid of {'x'.join(map(str, grid.size))} voxels needs about "
+            f"{needed / 1e9:.1f} GB on {torch_device} but only {available / 1e9:.1f} GB are free; "
+            "crop the fixed image to the region of interest or free memory."
+        )
     fixed_array = _normalised(fixed, grid, info.normalization[fixed_side])
     moving_array = _normalised(moving, grid, info.normalization[moving_side], pre_alignment)
     seconds["preprocess"] = time.perf_counter() - started

@@ -36,7 +36,7 @@ from cocyclereg import __version__
 from cocyclereg.config import Config, ConfigError, config_from_dict
 from cocyclereg.data import PairedVolumes, load_cases
 from cocyclereg.displacement import voxel_flow_to_displacement_mm
-from cocyclereg.errors import CoCycleRegError
+from cocyclereg.errors import CoCycleRegError, InputError
 from cocyclereg.grid import Grid
 from cocyclereg.io import atomic_output
 from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
@@ -53,9 +53,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise CoCycleRegError(
-            "CUDA was requested but no CUDA device is available; use --device cpu."
-        )
+        raise InputError("CUDA was requested but no CUDA device is available; use --device cpu.")
     return torch.device(name)
 
 
