@@ -237,12 +237,13 @@ def register(
     seconds["preprocess"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
+    moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
     with torch.no_grad():
-        as_tensor = lambda a: torch.from_numpy(a)[None, None].to(torch_device)  # noqa: E731
         if moving_is_x:
-            forward, inverse = network(as_tensor(moving_array), as_tensor(fixed_array))
+            forward, inverse = network(moving_tensor, fixed_tensor)
         else:
-            inverse, forward = network(as_tensor(fixed_array), as_tensor(moving_array))
+            inverse, forward = network(fixed_tensor, moving_tensor)
         forward = forward[0].double().cpu().numpy()
         inverse = inverse[0].double().cpu().numpy()
     seconds["network"] = time.perf_counter() - started
