@@ -91,6 +91,7 @@ def test_short_training_on_a_real_pair_reduces_the_losses_and_validates(pair_csv
                 "train.steps=40",
                 "train.validate_every=20",
                 "train.checkpoint_every=20",
+                "train.image_every=20",
             ),
         )
     )
@@ -116,6 +117,13 @@ def test_short_training_on_a_real_pair_reduces_the_losses_and_validates(pair_csv
     assert info.modalities == ("t1", "t2")
     assert info.spacing == (5.0, 5.0, 5.0) and info.size == (32, 48, 32)
     assert info.provenance["steps"] == 40 and info.provenance["training_cases"] == ["DU-7294"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.with_name("full") / "tensorboard")).Reload()
+    assert {"train/similarity", "train/cycle", "validation/dice"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("validation/dice")] == [20, 40]
+    assert len(events.Tags()["images"]) == 1
 
 
 @pytest.mark.slow
