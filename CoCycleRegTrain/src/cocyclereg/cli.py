@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="INPUT is a labelmap: nearest-neighbour, integer type kept, no new label values",
     )
-    resample.set_defaults(run=_resample)
+    resample.set_defaults(handler=_resample)
 
     jacobian = commands.add_parser(
         "jacobian",
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     jacobian.add_argument("--transform", required=True, type=Path, help="displacement field file")
     jacobian.add_argument("--output", type=Path, help="write J as a float volume")
     jacobian.add_argument("--summary", type=Path, help="write the folding statistics as JSON")
-    jacobian.set_defaults(run=_jacobian)
+    jacobian.set_defaults(handler=_jacobian)
 
     registration = commands.add_parser(
         "register",
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mutual-information affine pre-alignment (default: on)",
     )
     registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    registration.set_defaults(run=_register)
+    registration.set_defaults(handler=_register)
 
     evaluation = commands.add_parser(
         "evaluate",
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--transform", required=True, type=Path, help="fixed -> moving points")
     evaluation.add_argument("--ground-truth", type=Path, help="the true transform, for TRE")
     evaluation.add_argument("--json", type=Path, help="write the results as JSON")
-    evaluation.set_defaults(run=_evaluate)
+    evaluation.set_defaults(handler=_evaluate)
 
     training = commands.add_parser(
         "train",
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.FIELD=VALUE",
         help="settings that override the file and preset",
     )
-    training.set_defaults(run=_train)
+    training.set_defaults(handler=_train)
 
     export = commands.add_parser(
         "export",
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--run", required=True, type=Path, help="the run folder (train.output)")
     export.add_argument("--output", required=True, type=Path, help="model file to write")
-    export.set_defaults(run=_export)
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.run(args)
+        return args.handler(args)
     except CoCycleRegError as error:
         print(f"cocyclereg {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
