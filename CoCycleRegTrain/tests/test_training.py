@@ -242,3 +242,17 @@ def test_mixed_precision_and_checkpointing_step_matches_float32(pair_csv, tmp_pa
     lean = first_step("lean", "train.mixed_precision=true", "train.activation_checkpointing=true")
     for term in ("similarity", "cycle", "gan", "discriminator"):
         assert lean[term] == pytest.approx(reference[term], rel=0.05), term
+
+
+def test_registration_learning_rate_is_separate_when_set(pair_csv, tmp_path):
+    plain = Trainer(load_config(preset="cpu-small", overrides=_settings(pair_csv, tmp_path / "a")))
+    assert plain.optimizer_r.param_groups[0]["lr"] == plain.optimizer_g.param_groups[0]["lr"]
+    faster = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(pair_csv, tmp_path / "b", "optim.registration_lr=5e-4"),
+        )
+    )
+    assert faster.optimizer_r.param_groups[0]["lr"] == 5e-4
+    assert faster.optimizer_g.param_groups[0]["lr"] == faster.optimizer_d.param_groups[0]["lr"]
+    assert faster.optimizer_g.param_groups[0]["lr"] == 1e-4

@@ -96,9 +96,14 @@ class OptimConfig:
     ``registration_warmup_steps`` (0 in the paper) keeps R fixed at its near-identity start for
     that many steps while the translations learn, so R never learns to undo the geometric
     errors of untrained generators.
+
+    ``registration_lr`` (unset in the paper: R uses ``lr``) gives R its own learning rate. R's
+    heads start at N(0, 1e-5), so at 1e-4 R needs tens of thousands of steps to move; a short
+    CPU training budget needs a larger rate for R than for the generators.
     """
 
     lr: float = 1e-4
+    registration_lr: float | None = None
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-4
     clip_discriminator: float | None = 20.0

@@ -132,7 +132,10 @@ class Trainer:
 
         optim = config.optim
         adam = {"lr": optim.lr, "betas": optim.betas, "weight_decay": optim.weight_decay}
-        self.optimizer_r = torch.optim.Adam(self.networks.registration.parameters(), **adam)
+        self.optimizer_r = torch.optim.Adam(
+            self.networks.registration.parameters(),
+            **{**adam, "lr": optim.registration_lr or optim.lr},
+        )
         self.optimizer_g = (
             torch.optim.Adam(self.networks.generator_parameters(), **adam)
             if self.translation
