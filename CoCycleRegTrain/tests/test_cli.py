@@ -103,3 +103,43 @@ def test_bad_input_gives_a_message_and_exit_code_without_output(tmp_path, capsys
     assert code == 2
     assert "File not found" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_register_and_demo_without_a_bundled_model_say_so_and_write_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    import cocyclereg.resources as resources
+
+    monkeypatch.setattr(resources, "MODELS", tmp_path / "models")
+    grid = TEST_GRIDS["identity"]
+    image = tmp_path / "f.nii.gz"
+    sitk.WriteImage(image_on(grid, smooth_volume(grid)), str(image))
+    code = main(
+        [
+            "register",
+            "--fixed",
+            str(image),
+            "--moving",
+            str(image),
+            "--transform",
+            str(tmp_path / "t.h5"),
+        ]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "bundled model 'brain-t1t2' is not installed" in error and "--model" in error
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 2
+    assert "bundled model 'brain-t1t2' is not installed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz"]
+
+
+def test_register_help_names_the_default_model_and_demo_is_a_command(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    assert "default: the bundled brain T1/T2" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--no-figure" in help_text and "./cocyclereg-demo" in help_text

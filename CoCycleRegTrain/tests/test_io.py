@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -9,7 +11,14 @@ from conftest import TEST_GRIDS, image_on
 
 from cocyclereg.errors import InputError
 from cocyclereg.grid import Grid
-from cocyclereg.io import atomic_output, read_image, read_labels, write_image
+from cocyclereg.io import (
+    atomic_output,
+    atomic_outputs,
+    nifti_non_finite_count,
+    read_image,
+    read_labels,
+    write_image,
+)
 
 GRID = TEST_GRIDS["oblique-flip-x"]
 
@@ -89,6 +98,41 @@ def test_nan_and_inf_voxels_are_refused(tmp_path, suffix):
         read_image(path)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nan_and_inf_voxels_in_nifti_are_refused_by_reading_the_stored_data(
+    tmp_path, suffix, capsys
+):
+    """ITK's NIfTI reader turns NaN and infinite voxels into 0; the file's own data shows them."""
+    array = np.ones(GRID.shape, np.float32)
+    array[1, 2, 3] = np.nan
+    array[2, 2, 3] = np.inf
+    array[3, 0, 0] = -np.inf
+    path = write_image(image_on(GRID, array), tmp_path / f"nan{suffix}")
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # the gap
+    for read in (read_image, read_labels):
+        with pytest.raises(InputError, match=rf"nan{re.escape(suffix)} has 3 NaN or infinite"):
+            read(path)
+
+    # Through the command line: exit code 2, the file and the count named, nothing written.
+    from cocyclereg.cli import main
+
+    out = tmp_path / "out.nii.gz"
+    code = main(["resample", "--input", str(path), "--reference", str(path), "--output", str(out)])
+    assert code == 2 and not out.exists()
+    assert f"{path} has 3 NaN or infinite voxels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_finite_and_integer_nifti_files_are_read(tmp_path, suffix):
+    finite = write_image(
+        image_on(GRID, np.full(GRID.shape, 2.5, np.float32)), tmp_path / f"f{suffix}"
+    )
+    assert nifti_non_finite_count(finite) == 0 and read_image(finite).GetSize() == GRID.size
+    integer = write_image(image_on(GRID, np.ones(GRID.shape, np.int16)), tmp_path / f"i{suffix}")
+    assert nifti_non_finite_count(integer) == 0 and read_labels(integer).GetSize() == GRID.size
+    assert nifti_non_finite_count(tmp_path / "other.nrrd") is None  # not NIfTI: ITK's check
+
+
 def test_failed_write_leaves_existing_file_and_no_partial_file(tmp_path):
     target = tmp_path / "result.nii.gz"
     target.write_bytes(b"previous result")
@@ -97,6 +141,23 @@ def test_failed_write_leaves_existing_file_and_no_partial_file(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.nii.gz"]
+
+
+def test_a_group_of_outputs_appears_together_or_not_at_all(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    second.write_text("previous")
+    with pytest.raises(RuntimeError), atomic_outputs() as temporary:
+        temporary(first).write_text("new a")
+        temporary(second).write_text("new b")
+        raise RuntimeError("interrupted after both were written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
+    assert second.read_text() == "previous"
+    with atomic_outputs() as temporary:
+        temporary(first).write_text("new a")
+        temporary(second).write_text("new b")
+        assert not first.exists() and second.read_text() == "previous"  # not before the end
+    assert first.read_text() == "new a" and second.read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
 
 
 def test_write_refuses_detached_header_and_missing_folder(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             temporary.unlink()
 
 
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[Callable[[str | os.PathLike], Path]]:
+    """A group of outputs that appear together or not at all.
+
+    Yields ``temporary(path)``, which returns a temporary path beside ``path`` (as
+    :func:`atomic_output`). When the block succeeds every temporary file is renamed to its
+    target; if it raises, every temporary file is removed and no target is touched.
+    """
+    with contextlib.ExitStack() as stack:
+
+        def temporary(path: str | os.PathLike) -> Path:
+            return stack.enter_context(atomic_output(path))
+
+        yield temporary
+
+
 def _read(path: str | os.PathLike) -> sitk.Image:
     path = Path(path)
     if not path.exists():
@@ -94,19 +110,50 @@ def _require_scalar_3d(image: sitk.Image, path: str | os.PathLike) -> sitk.Image
     return image
 
 
+def nifti_non_finite_count(path: str | os.PathLike) -> int | None:
+    """How many NaN or infinite values the data block of a NIfTI file (.nii, .nii.gz) holds.
+
+    ITK's NIfTI reader replaces non-finite voxels by 0, so they cannot be seen in the image it
+    returns; this reads the stored values themselves (nibabel, before any intensity scaling).
+    Integer data cannot hold them (0). ``None`` when ``path`` is not a NIfTI file or nibabel
+    cannot read it (ITK then is the judge).
+    """
+    if full_suffix(path) not in (".nii", ".nii.gz"):
+        return None
+    import nibabel
+
+    try:
+        nifti = nibabel.load(str(path))
+        if nifti.header.get_data_dtype().kind not in "fc":
+            return 0
+        stored = np.asarray(nifti.dataobj.get_unscaled())
+    except Exception:  # nibabel may refuse files ITK reads; ITK already read this one
+        return None
+    return int(stored.size - np.count_nonzero(np.isfinite(stored)))
+
+
+def _refuse_non_finite(image: sitk.Image, path: str | os.PathLike) -> None:
+    """:class:`InputError` naming ``path`` and the count if it holds NaN or infinite voxels."""
+    bad = nifti_non_finite_count(path)
+    if not bad and image.GetPixelID() not in _INTEGER_PIXEL_IDS:
+        array = sitk.GetArrayViewFromImage(image)
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise InputError(
+            f"{path} has {bad} NaN or infinite voxels; replace them (e.g. by 0 or the "
+            "background value) before registering."
+        )
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a scalar 3D intensity volume, keeping its geometry and pixel type.
 
     Raises :class:`InputError` for a missing or unreadable file, a 2D, 4D or multi-component
-    image, or an image with NaN or infinite voxels. (ITK's NIfTI reader itself replaces
-    non-finite voxels of a NIfTI file by 0, so there they arrive as zeros.)
+    image, or an image with NaN or infinite voxels (in a NIfTI file these are found in the
+    file's own data, since ITK's NIfTI reader turns them into 0).
     """
     image = _require_scalar_3d(_read(path), path)
-    if image.GetPixelID() not in _INTEGER_PIXEL_IDS:
-        array = sitk.GetArrayViewFromImage(image)
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(f"{path} has {bad} NaN or infinite voxels.")
+    _refuse_non_finite(image, path)
     return image
 
 
@@ -114,10 +161,11 @@ def read_labels(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D labelmap as an integer image.
 
     Labelmaps stored with a floating-point pixel type are accepted when every value is a whole
-    number, and converted to the smallest integer type that holds them; otherwise
-    :class:`InputError` is raised.
+    number, and converted to the smallest integer type that holds them; otherwise, or if it
+    holds NaN or infinite voxels, :class:`InputError` is raised.
     """
     image = _require_scalar_3d(_read(path), path)
+    _refuse_non_finite(image, path)
     if image.GetPixelID() in _INTEGER_PIXEL_IDS:
         return image
     array = sitk.GetArrayFromImage(image)
