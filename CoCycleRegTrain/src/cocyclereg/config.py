@@ -72,6 +72,11 @@ class LossConfig:
     cannot absorb a shift that a generator introduced (the paper's objective leaves that
     freedom open).
 
+    ``registration_mind`` (0 in the paper) weighs the VMIND similarity
+    ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)`` in the translation modes: a direct,
+    modality-independent pull of R towards the images' own alignment, so that R learns from the
+    first steps instead of following the geometric errors of untrained translations.
+
     ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
     L1 image term. Without it, R can lower the L1 of a noisy early translation by shifting it
     half a voxel on every axis (trilinear interpolation then averages 8 neighbours) and keeps
@@ -84,6 +89,7 @@ class LossConfig:
     cycle: float = 1.0
     smooth: float = 1.0
     structure: float = 0.0
+    registration_mind: float = 0.0
     similarity_sigma: float = 0.0
     mind_radius: int = 1
     mind_dilation: int = 2

@@ -13,6 +13,7 @@ Terms of the generator/registration objective (``loss.mode``):
   and translation cycles ``L1(W(W(x, phi_x2y), phi_y2x), x) + L1(T_y2x(T_x2y(x)), x)`` and mirror.
 * ``loss.structure > 0`` adds ``MIND(T_x2y(x), x) + MIND(T_y2x(y), y)`` to the translation
   modes (see :class:`cocyclereg.config.LossConfig`).
+* ``loss.registration_mind > 0`` adds the VMIND similarity below to the translation modes.
 * ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
   plus smoothness; no generators or discriminators.
 """
@@ -96,6 +97,15 @@ class CoCycleObjective:
             losses.gaussian_blur(prediction, sigma), losses.gaussian_blur(target, sigma)
         )
 
+    def _direct_mind(
+        self, x: torch.Tensor, y: torch.Tensor, flow_x2y: torch.Tensor, flow_y2x: torch.Tensor
+    ) -> torch.Tensor:
+        """``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``: the VMIND similarity."""
+        w = self.weights
+        return losses.mind_loss(
+            self.warp(x, flow_x2y), y, w.mind_radius, w.mind_dilation
+        ) + losses.mind_loss(self.warp(y, flow_y2x), x, w.mind_radius, w.mind_dilation)
+
     def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
         return Translations(
             fake_y=self.modules["translate_x2y"](x), fake_x=self.modules["translate_y2x"](y)
@@ -128,9 +138,7 @@ class CoCycleObjective:
             "smooth": losses.smoothness(flow_x2y) + losses.smoothness(flow_y2x)
         }
         if w.mode == "vmind":
-            terms["similarity"] = losses.mind_loss(
-                self.warp(x, flow_x2y), y, w.mind_radius, w.mind_dilation
-            ) + losses.mind_loss(self.warp(y, flow_y2x), x, w.mind_radius, w.mind_dilation)
+            terms["similarity"] = self._direct_mind(x, y, flow_x2y, flow_y2x)
             total = w.similarity * terms["similarity"] + w.smooth * terms["smooth"]
             return total, terms
 
@@ -160,6 +168,9 @@ class CoCycleObjective:
             + w.cycle * terms["cycle"]
             + w.smooth * terms["smooth"]
         )
+        if w.registration_mind > 0:
+            terms["mind"] = self._direct_mind(x, y, flow_x2y, flow_y2x)
+            total = total + w.registration_mind * terms["mind"]
         if w.structure > 0:
             terms["structure"] = losses.mind_loss(
                 translations.fake_y, x, w.mind_radius, w.mind_dilation

@@ -1,0 +1,80 @@
+"""Plot a training run's loss and validation curves to a PNG (for model cards).
+
+Usage: python tools/plot_training.py RUN_FOLDER OUTPUT.png [--title TEXT]
+
+Reads ``losses.jsonl`` (one record per step) and ``validation.jsonl`` (one record per
+validation) that ``cocyclereg train`` writes, and draws: the loss terms (moving average over
+25 steps), validation Dice against the identity Dice, HD95 (mm), and the percent of voxels
+with J <= 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _smooth(values: np.ndarray, width: int = 25) -> np.ndarray:
+    if len(values) < width:
+        return values
+    kernel = np.ones(width) / width
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot(run: Path, output: Path, title: str) -> None:
+    losses, validation = _records(run / "losses.jsonl"), _records(run / "validation.jsonl")
+    if not losses:
+        raise SystemExit(f"{run} has no losses.jsonl")
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    steps = np.array([r["step"] for r in losses])
+    terms = [k for k in losses[0] if k not in ("step", "seconds", "total")]
+    for term in terms:
+        values = np.array([r.get(term, np.nan) for r in losses], dtype=float)
+        smoothed = _smooth(values)
+        axes[0].plot(steps[len(steps) - len(smoothed) :], smoothed, label=term)
+    axes[0].set(xlabel="step", ylabel="loss (25-step mean)", yscale="log", title="training losses")
+    axes[0].legend(fontsize=8)
+    if validation:
+        at = [v["step"] for v in validation]
+        axes[1].plot(at, [v["dice"] for v in validation], "o-", label="registered")
+        axes[1].plot(at, [v["identity_dice"] for v in validation], "--", label="identity")
+        axes[1].set(xlabel="step", ylabel="mean Dice", title="validation Dice (tissue labels)")
+        axes[1].legend(fontsize=8)
+        axes[2].plot(at, [v["hd95"] for v in validation], "o-", label="HD95 registered (mm)")
+        axes[2].plot(at, [v["identity_hd95"] for v in validation], "--", label="HD95 identity")
+        folding = axes[2].twinx()
+        folding.plot(at, [v["folding_percent"] for v in validation], "r:", label="% J <= 0")
+        folding.set_ylabel("% voxels with J <= 0", color="r")
+        axes[2].set(xlabel="step", ylabel="HD95 (mm)", title="validation HD95 and folding")
+        axes[2].legend(fontsize=8, loc="upper left")
+    figure.suptitle(title)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100)
+    print(f"wrote {output}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="training output folder (train.output)")
+    parser.add_argument("output", type=Path, help="PNG file to write")
+    parser.add_argument("--title", default="", help="figure title")
+    args = parser.parse_args()
+    plot(args.run, args.output, args.title or args.run.name)
+
+
+if __name__ == "__main__":
+    main()
