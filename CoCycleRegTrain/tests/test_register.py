@@ -199,6 +199,9 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
         str(out / "s.json"),
     ]
     assert main(arguments) == 0
+    captured = capsys.readouterr()
+    stages = [line for line in captured.err.splitlines() if line.startswith("stage: ")]
+    assert stages == [f"stage: {s}" for s in ("load", "preprocess", "network", "output")]
     assert sorted(p.name for p in out.iterdir()) == [
         "i.nii.gz",
         "j.nii.gz",
@@ -229,7 +232,7 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
     assert summary["device"] == "cpu" and summary["folding"]["total_voxels"] == int(
         np.prod(fixed_grid.size)
     )
-    assert "J <= 0 in" in capsys.readouterr().out
+    assert "J <= 0 in" in captured.out
 
     failed = tmp_path / "failed"
     failed.mkdir()

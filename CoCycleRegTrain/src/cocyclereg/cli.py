@@ -122,6 +122,11 @@ def _write_json(document: dict) -> Callable[[Path], object]:
     return lambda path: path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def _print_stage(stage: str) -> None:
+    """One flushed line per registration stage on stderr, for progress displays (Slicer)."""
+    print(f"stage: {stage}", file=sys.stderr, flush=True)
+
+
 def _register(args: argparse.Namespace) -> int:
     from cocyclereg.errors import InputError
     from cocyclereg.register import register
@@ -157,6 +162,7 @@ def _register(args: argparse.Namespace) -> int:
         device=args.device,
         labels=labels,
         warp_moving=args.warped is not None,
+        progress=_print_stage,
     )
     summary = registration_summary(result, args.fixed, args.moving, model)
     write_registration_outputs(

@@ -21,6 +21,7 @@ ANTs and Slicer apply it unchanged; ``inverse_transform`` does the same from mov
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,7 @@ def register(
     device: str = "auto",
     labels: list[sitk.Image | str | Path] | tuple = (),
     warp_moving: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -195,8 +197,12 @@ def register(
         device: ``auto``, ``cpu`` or ``cuda``.
         labels: labelmaps on the moving image's grid, warped to the fixed grid (nearest).
         warp_moving: also return the moving image resampled onto the fixed grid.
+        progress: called with each stage's name (``load``, ``affine``, ``preprocess``,
+            ``network``, ``output``) as it starts.
     """
+    report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
+    report("load")
     started = time.perf_counter()
     fixed = read_image(fixed) if not isinstance(fixed, sitk.Image) else fixed
     moving = read_image(moving) if not isinstance(moving, sitk.Image) else moving
@@ -217,10 +223,13 @@ def register(
     moving_is_x = _choose_direction(info, fixed_modality, moving_modality)
     seconds["load"] = time.perf_counter() - started
 
+    if affine:
+        report("affine")
     started = time.perf_counter()
     pre_alignment = affine_prealignment(fixed, moving) if affine else None
     seconds["affine"] = time.perf_counter() - started
 
+    report("preprocess")
     started = time.perf_counter()
     direction = LPS_DIRECTION if info.orientation == "LPS" else None
     grid = model_grid(fixed, spacing=info.spacing, multiple=info.size_multiple, direction=direction)
@@ -236,6 +245,7 @@ def register(
     moving_array = _normalised(moving, grid, info.normalization[moving_side], pre_alignment)
     seconds["preprocess"] = time.perf_counter() - started
 
+    report("network")
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
@@ -248,6 +258,7 @@ def register(
         inverse = inverse[0].double().cpu().numpy()
     seconds["network"] = time.perf_counter() - started
 
+    report("output")
     started = time.perf_counter()
     forward_field = displacement_field_image(voxel_flow_to_displacement_mm(forward, grid), grid)
     inverse_field = displacement_field_image(voxel_flow_to_displacement_mm(inverse, grid), grid)
