@@ -112,7 +112,9 @@ def test_short_training_on_a_real_pair_reduces_the_losses_and_validates(pair_csv
         assert 0 <= record["dice"] <= 1 and 0 < record["identity_dice"] <= 1
         assert record["hd95"] >= 0 and 0 <= record["folding_percent"] <= 100
     _, info = load_model(model_path)
-    best = max(validation, key=lambda v: (v["dice"], -v["folding_percent"]))
+    for record in validation:
+        assert record["identity_tre"] > 0 and record["tre"] >= 0
+    best = min(validation, key=lambda v: (v["tre"], v["folding_percent"]))
     assert info.validation["best"]["step"] == best["step"]
     assert info.modalities == ("t1", "t2")
     assert info.spacing == (5.0, 5.0, 5.0) and info.size == (32, 48, 32)
@@ -256,3 +258,31 @@ def test_registration_learning_rate_is_separate_when_set(pair_csv, tmp_path):
     assert faster.optimizer_r.param_groups[0]["lr"] == 5e-4
     assert faster.optimizer_g.param_groups[0]["lr"] == faster.optimizer_d.param_groups[0]["lr"]
     assert faster.optimizer_g.param_groups[0]["lr"] == 1e-4
+
+
+def test_residual_error_is_zero_for_the_exact_inverse_and_the_deformation_for_identity():
+    from cocyclereg.spatial_transformer import SpatialTransformer
+    from cocyclereg.training import residual_error_mm
+
+    torch.manual_seed(0)
+    shape = (1, 3, 12, 14, 10)
+    deformation = torch.nn.functional.interpolate(
+        torch.randn(1, 3, 3, 4, 3, dtype=torch.float64), size=shape[2:], mode="trilinear"
+    )
+    warp = SpatialTransformer("bilinear")
+    spacing = (2.0, 1.0, 3.0)
+    inverse = -deformation  # fixed point of flow = -D(p + flow(p))
+    for _ in range(60):
+        inverse = -warp(deformation, inverse)
+    exact = residual_error_mm(inverse, deformation, "x", spacing, warp)
+    inner = (slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    assert float(exact[inner].max()) < 1e-6
+    identity = residual_error_mm(
+        torch.zeros(shape, dtype=torch.float64), deformation, "x", spacing, warp
+    )
+    scale = torch.tensor(spacing, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(identity, (deformation * scale).norm(dim=1))
+    torch.testing.assert_close(
+        residual_error_mm(deformation, deformation, "y", spacing, warp),
+        torch.zeros(shape[:1] + shape[2:], dtype=torch.float64),
+    )
