@@ -162,12 +162,28 @@ def test_an_existing_run_is_never_overwritten(pair_csv, tmp_path):
     train(config)
     from cocyclereg.cli import main
 
-    assert main(["export", "--run", str(run), "--output", str(tmp_path / "again.cocyclereg")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--output",
+                str(tmp_path / "again.cocyclereg"),
+                "--name",
+                "Brain T1-T2",
+                "--intended-use",
+                "research",
+            ]
+        )
+        == 0
+    )
     network, info = load_model(tmp_path / "again.cocyclereg")
     exported, _ = load_model(run / "model.cocyclereg")
     for a, b in zip(network.state_dict().values(), exported.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert info.provenance["steps"] == 1
+    assert (info.provenance["name"], info.provenance["intended_use"]) == ("Brain T1-T2", "research")
     before = (run / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(CoCycleRegError, match="--resume"):
         Trainer(config)

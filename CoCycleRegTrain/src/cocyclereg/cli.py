@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cocyclereg.training import export_checkpoint
 
-    path = export_checkpoint(args.run, args.output)
+    path = export_checkpoint(args.run, args.output, args.name, args.intended_use)
     print(f"model written to {path}")
     return 0
 
@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--run", required=True, type=Path, help="the run folder (train.output)")
     export.add_argument("--output", required=True, type=Path, help="model file to write")
+    export.add_argument("--name", default="", help="model name shown in model pickers")
+    export.add_argument(
+        "--intended-use", default="", help="one sentence: what the model is for (shown to users)"
+    )
     export.set_defaults(handler=_export)
     return parser
 

@@ -541,8 +541,13 @@ def model_info(config: Config, provenance: dict[str, Any], validation: dict[str,
     )
 
 
-def export_checkpoint(run: str | Path, output: str | Path) -> Path:
-    """Export the model of a run folder: best.pt's R if validated, else last.pt's."""
+def export_checkpoint(
+    run: str | Path, output: str | Path, name: str = "", intended_use: str = ""
+) -> Path:
+    """Export the model of a run folder: best.pt's R if validated, else last.pt's.
+
+    ``name`` and ``intended_use`` go into the provenance, where model pickers (the Slicer
+    module) show them."""
     run = Path(run)
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -563,7 +568,11 @@ def export_checkpoint(run: str | Path, output: str | Path) -> Path:
         registration.load_state_dict(best_state["registration"])
     info = model_info(
         config,
-        {"steps": int(state["step"])},
+        {
+            "steps": int(state["step"]),
+            **({"name": name} if name else {}),
+            **({"intended_use": intended_use} if intended_use else {}),
+        },
         {"best": best, "identity": json.loads(state["identity"])},
     )
     return save_model(output, registration, info)
