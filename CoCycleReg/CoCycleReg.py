@@ -39,7 +39,13 @@ from slicer.util import VTKObservationMixin
 
 README_URL = "https://github.com/CoCycleReg/SlicerCoCycleReg#readme"
 MODULE_DIR = Path(__file__).resolve().parent
-MODELS_DIR = MODULE_DIR / "Resources" / "Models"
+# The bundled models ship inside the cocyclereg package: beside the installed module, or in the
+# source tree when the module runs from a checkout.
+_BUNDLED = Path("CoCycleRegTrain") / "src" / "cocyclereg" / "resources" / "models"
+MODELS_DIR = next(
+    (d for d in (MODULE_DIR / _BUNDLED, MODULE_DIR.parent / _BUNDLED) if d.is_dir()),
+    MODULE_DIR / _BUNDLED,
+)
 FROM_DISK = "Model file from disk…"
 
 
