@@ -302,3 +302,35 @@ def test_residual_error_is_zero_for_the_exact_inverse_and_the_deformation_for_id
         residual_error_mm(deformation, deformation, "y", spacing, warp),
         torch.zeros(shape[:1] + shape[2:], dtype=torch.float64),
     )
+
+
+def test_registration_can_start_from_a_model_file(pair_csv, tmp_path):
+    from cocyclereg.model_file import save_model
+    from cocyclereg.training import model_info
+
+    config = load_config(preset="cpu-small", overrides=_settings(pair_csv, tmp_path / "a"))
+    source = Trainer(config).networks.registration
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    path = save_model(tmp_path / "start.cocyclereg", source, model_info(config, {}, {}))
+    started = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(pair_csv, tmp_path / "b", f"train.init_registration={path}"),
+        )
+    )
+    for a, b in zip(
+        source.state_dict().values(),
+        started.networks.registration.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    wider = _settings(
+        pair_csv,
+        tmp_path / "c",
+        f"train.init_registration={path}",
+        "model.registration.encoder_features=[8,16,16,16,16]",
+    )
+    with pytest.raises(CoCycleRegError, match="does not match"):
+        Trainer(load_config(preset="cpu-small", overrides=wider))

@@ -178,7 +178,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop: length, validation, checkpoints, and memory options."""
+    """The training loop: length, validation, checkpoints, and memory options.
+
+    ``init_registration``: a model file (``.cocyclereg``) whose R weights start this run
+    (fine-tuning, or a curriculum such as ``loss.mode=vmind`` first, then ``cocycle``); its
+    architecture must match ``model.registration``.
+    """
 
     output: str = "runs/cocyclereg"
     steps: int = 72000
@@ -192,6 +197,7 @@ class TrainConfig:
     mixed_precision: bool = False
     activation_checkpointing: bool = False
     num_threads: int = 0
+    init_registration: str = ""
 
 
 @dataclass

@@ -42,7 +42,7 @@ from cocyclereg.grid import Grid
 from cocyclereg.io import atomic_output
 from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
 from cocyclereg.metrics import dice, hd95
-from cocyclereg.model_file import ModelInfo, save_model
+from cocyclereg.model_file import ModelInfo, load_model, save_model
 from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
 from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
 
@@ -156,9 +156,21 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {}
         self.identity_metrics: dict[str, float] | None = None
+        if config.train.init_registration and not resume:
+            self._initialise_registration(Path(config.train.init_registration))
         if resume:
             self._load_checkpoint(self.checkpoints / "last.pt")
         self.writer = None
+
+    def _initialise_registration(self, path: Path) -> None:
+        network, _ = load_model(path)
+        try:
+            self.networks.registration.load_state_dict(network.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(
+                f"train.init_registration {path}: its network does not match "
+                f"model.registration ({error})"
+            ) from error
 
     # ------------------------------------------------------------------ files
     def _check_output(self, resume: bool) -> None:
