@@ -78,9 +78,12 @@ class LossConfig:
     first steps instead of following the geometric errors of untrained translations.
 
     ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
-    L1 image term. Without it, R can lower the L1 of a noisy early translation by shifting it
-    half a voxel on every axis (trilinear interpolation then averages 8 neighbours) and keeps
-    that bias.
+    image similarity term (L1 and the registration MIND terms). Every non-integer warp blurs an
+    image (trilinear interpolation averages 8 neighbours), and on a coarse grid that blur costs
+    a similarity more than a misalignment of a voxel or two: unsmoothed, R learns to stay at
+    whole-voxel shifts (MIND) or to shift noisy early translations by half a voxel (L1).
+    Measured on 4.5 mm validation pairs: MIND of identity vs the true inverse deformation
+    0.0427 vs 0.0425 unsmoothed, 0.0317 vs 0.0233 at sigma 1.
     """
 
     mode: Literal["cocycle", "sepcycle", "vmind"] = "cocycle"

@@ -101,10 +101,17 @@ class CoCycleObjective:
         self, x: torch.Tensor, y: torch.Tensor, flow_x2y: torch.Tensor, flow_y2x: torch.Tensor
     ) -> torch.Tensor:
         """``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``: the VMIND similarity."""
+        return self._mind(self.warp(x, flow_x2y), y) + self._mind(self.warp(y, flow_y2x), x)
+
+    def _mind(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.weights
+        blur = w.similarity_sigma
         return losses.mind_loss(
-            self.warp(x, flow_x2y), y, w.mind_radius, w.mind_dilation
-        ) + losses.mind_loss(self.warp(y, flow_y2x), x, w.mind_radius, w.mind_dilation)
+            losses.gaussian_blur(prediction, blur),
+            losses.gaussian_blur(target, blur),
+            w.mind_radius,
+            w.mind_dilation,
+        )
 
     def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
         return Translations(
