@@ -334,3 +334,27 @@ def test_registration_can_start_from_a_model_file(pair_csv, tmp_path):
     )
     with pytest.raises(CoCycleRegError, match="does not match"):
         Trainer(load_config(preset="cpu-small", overrides=wider))
+
+
+def test_the_known_deformation_term_trains_both_heads(pair_csv, tmp_path):
+    trainer = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv, tmp_path / "run", "loss.mode=vmind", "loss.deformation=1.0"
+            ),
+        )
+    )
+    batch = trainer.batch_for_step(0)
+    assert float(batch["deformation"].abs().max()) > 0.5
+    x, y = batch["x"], batch["y"]
+    _, terms = trainer.objective.generator_loss(x, y, None, None, batch["deformation"])
+    # R starts near the identity, so both heads' error is about the deformation's mean length.
+    length = batch["deformation"].norm(dim=1).mean()
+    assert 1.5 * float(length) < float(terms["deformation"]) < 2.5 * float(length)
+    terms["deformation"].backward()
+    registration = trainer.networks.registration
+    for head in (registration.head_x2y, registration.head_y2x):
+        assert float(head.bias.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="known deformation"):
+        trainer.objective.generator_loss(x, y, None, None, None)

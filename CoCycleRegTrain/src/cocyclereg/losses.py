@@ -108,3 +108,22 @@ def mind_loss(
         .square()
         .mean()
     )
+
+
+def deformation_residual(
+    flow: torch.Tensor, deformation: torch.Tensor, deformed: str, warp
+) -> torch.Tensor:
+    """Where a registration field samples minus where it should, per voxel (voxels).
+
+    ``flow`` pulls image ``a`` onto the grid of image ``b`` (``W(a, flow)(p) = a(p + flow(p))``);
+    ``deformation`` is the known resampling field that deformed one of them (both
+    ``(N, 3, D, H, W)``, channels D, H, W). ``deformed="a"``: ``a_def(p) = a(p + deformation(p))``
+    and a perfect flow satisfies ``p + flow(p) + deformation(p + flow(p)) = p``;
+    ``deformed="b"``: a perfect flow equals ``deformation``. ``warp`` is a
+    :class:`cocyclereg.spatial_transformer.SpatialTransformer`. Returns ``(N, 3, D, H, W)``.
+    """
+    if deformed == "a":
+        return flow + warp(deformation, flow)
+    if deformed == "b":
+        return flow - deformation
+    raise ValueError(f"deformed must be 'a' or 'b', got {deformed!r}")

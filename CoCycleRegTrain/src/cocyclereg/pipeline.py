@@ -13,6 +13,8 @@ Terms of the generator/registration objective (``loss.mode``):
   and translation cycles ``L1(W(W(x, phi_x2y), phi_y2x), x) + L1(T_y2x(T_x2y(x)), x)`` and mirror.
 * ``loss.structure > 0`` adds ``MIND(T_x2y(x), x) + MIND(T_y2x(y), y)`` to the translation
   modes (see :class:`cocyclereg.config.LossConfig`).
+* ``loss.deformation > 0`` adds the end-point error of both fields against the known synthetic
+  deformation of the pair (all modes).
 * ``loss.registration_mind > 0`` adds the VMIND similarity below to the translation modes.
 * ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
   plus smoothness; no generators or discriminators.
@@ -89,6 +91,7 @@ class CoCycleObjective:
     def __init__(self, modules: dict[str, nn.Module], config: Config) -> None:
         self.modules = modules
         self.weights = config.loss
+        self.deformed = config.data.deform
         self.warp = SpatialTransformer("bilinear")
 
     def _l1(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -133,20 +136,41 @@ class CoCycleObjective:
         y: torch.Tensor,
         translations: Translations | None,
         discriminators: dict[str, nn.Module] | None = None,
+        deformation: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The joint objective of R (and the generators): ``(total, terms)``.
 
         ``discriminators``: the (unwrapped) D_x and D_y to score the translations with, so
-        their parameters take no part in this backward pass.
+        their parameters take no part in this backward pass. ``deformation``: the known
+        resampling field that deformed ``data.deform``'s image of the pair (needed when
+        ``loss.deformation > 0``).
         """
         w = self.weights
         flow_x2y, flow_y2x = self.modules["registration"](x, y)
         terms: dict[str, torch.Tensor] = {
             "smooth": losses.smoothness(flow_x2y) + losses.smoothness(flow_y2x)
         }
+        supervised = torch.zeros((), device=x.device)
+        if w.deformation > 0:
+            if deformation is None:
+                raise ValueError("loss.deformation > 0 needs the known deformation of the pair")
+            x_deformed = self.deformed == "x"
+            terms["deformation"] = (
+                losses.deformation_residual(
+                    flow_x2y, deformation, "a" if x_deformed else "b", self.warp
+                )
+                .norm(dim=1)
+                .mean()
+                + losses.deformation_residual(
+                    flow_y2x, deformation, "b" if x_deformed else "a", self.warp
+                )
+                .norm(dim=1)
+                .mean()
+            )
+            supervised = w.deformation * terms["deformation"]
         if w.mode == "vmind":
             terms["similarity"] = self._direct_mind(x, y, flow_x2y, flow_y2x)
-            total = w.similarity * terms["similarity"] + w.smooth * terms["smooth"]
+            total = w.similarity * terms["similarity"] + w.smooth * terms["smooth"] + supervised
             return total, terms
 
         assert translations is not None and discriminators is not None
@@ -174,6 +198,7 @@ class CoCycleObjective:
             + w.gan * terms["gan"]
             + w.cycle * terms["cycle"]
             + w.smooth * terms["smooth"]
+            + supervised
         )
         if w.registration_mind > 0:
             terms["mind"] = self._direct_mind(x, y, flow_x2y, flow_y2x)

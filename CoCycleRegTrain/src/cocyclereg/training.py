@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from cocyclereg import __version__
+from cocyclereg import __version__, losses
 from cocyclereg.config import Config, ConfigError, config_from_dict
 from cocyclereg.data import PairedVolumes, load_cases
 from cocyclereg.displacement import voxel_flow_to_displacement_mm
@@ -294,7 +294,9 @@ class Trainer:
             _set_requires_grad(self.networks.discriminator_parameters(), False)
         try:
             with self._autocast():
-                loss, terms = self.objective.generator_loss(x, y, translations, discriminators)
+                loss, terms = self.objective.generator_loss(
+                    x, y, translations, discriminators, batch["deformation"].to(self.device)
+                )
             self.optimizer_r.zero_grad(set_to_none=True)
             if self.optimizer_g is not None:
                 self.optimizer_g.zero_grad(set_to_none=True)
@@ -518,15 +520,11 @@ def residual_error_mm(
     """Distance (mm) between where R's x->y field samples and where it should, per voxel.
 
     ``flow``: R's x->y resampling field, ``deformation``: the known resampling field that
-    deformed one modality of the pair (both ``(N, 3, D, H, W)`` voxels, channels D, H, W).
-    If x was deformed (``x_def(p) = x(p + deformation(p))``), a perfect flow satisfies
-    ``p + flow(p) + deformation(p + flow(p)) = p``; if y was, ``flow = deformation``.
+    deformed modality ``deformed`` (``"x"`` or ``"y"``) of the pair (both ``(N, 3, D, H, W)``
+    voxels, channels D, H, W); see :func:`cocyclereg.losses.deformation_residual`.
     Returns ``(N, D, H, W)``.
     """
-    if deformed == "x":
-        residual = flow + warp(deformation, flow)
-    else:
-        residual = flow - deformation
+    residual = losses.deformation_residual(flow, deformation, "a" if deformed == "x" else "b", warp)
     scale = torch.tensor(spacing_dhw, dtype=flow.dtype, device=flow.device).view(1, 3, 1, 1, 1)
     return (residual * scale).norm(dim=1)
 
