@@ -351,7 +351,7 @@ def test_the_known_deformation_term_trains_both_heads(pair_csv, tmp_path):
     _, terms = trainer.objective.generator_loss(x, y, None, None, batch["deformation"])
     # R starts near the identity, so both heads' error is about the deformation's mean length.
     length = batch["deformation"].norm(dim=1).mean()
-    assert 1.5 * float(length) < float(terms["deformation"]) < 2.5 * float(length)
+    assert 1.5 * float(length) < float(terms["deformation"].detach()) < 2.5 * float(length)
     terms["deformation"].backward()
     registration = trainer.networks.registration
     for head in (registration.head_x2y, registration.head_y2x):
