@@ -293,3 +293,40 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2 and "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "t.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine"])
+def test_prealignment_recovers_a_known_head_motion(data_dir, kind):
+    """T1 moved by a known rotation and translation is found again from T2 (MI, two modalities);
+    on the co-registered pair the rigid result stays a rigid transform."""
+    from cocyclereg.register import affine_prealignment
+
+    folder = data_dir / "brain-t1t2" / "TCGA-DU-7294"
+    fixed = sitk.ReadImage(str(folder / "t2.nii.gz"))
+    t1 = sitk.ReadImage(str(folder / "t1.nii.gz"))
+    motion = sitk.Euler3DTransform(
+        (-0.5, -110.0, 80.0), np.radians(6.0), np.radians(-4.0), np.radians(8.0), (4.0, -6.0, 3.0)
+    )
+    # moving(m) = t1(motion^-1 (m)): fixed point p sits at motion(p) in the moving image.
+    moving = sitk.Resample(t1, t1, motion.GetInverse(), sitk.sitkLinear, 0.0)
+    found = affine_prealignment(fixed, moving, kind=kind)
+    brain = np.argwhere(sitk.GetArrayFromImage(fixed) > 0)[::997][:, ::-1]
+    points = [fixed.TransformIndexToPhysicalPoint([int(v) for v in p]) for p in brain]
+    errors = [
+        np.linalg.norm(np.subtract(found.TransformPoint(p), motion.TransformPoint(p)))
+        for p in points
+    ]
+    limit = 1.5 if kind == "rigid" else 4.0
+    assert np.mean(errors) < limit, np.mean(errors)
+    if kind == "rigid":
+        np.testing.assert_allclose(
+            np.linalg.det(np.reshape(found.GetMatrix(), (3, 3))), 1.0, atol=1e-9
+        )
+
+
+def test_the_inverse_is_computed_only_when_asked():
+    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
+    fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=3))
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    result = register(fixed, moving, _constant_model(), affine=False, device="cpu", inverse=False)
+    assert result.inverse_transform is None and result.transform.GetSize() == fixed.GetSize()

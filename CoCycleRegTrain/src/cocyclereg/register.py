@@ -37,7 +37,7 @@ from cocyclereg.displacement import (
     voxel_flow_to_displacement_mm,
 )
 from cocyclereg.errors import GeometryError, InputError
-from cocyclereg.grid import Grid, model_grid
+from cocyclereg.grid import Grid, foreground_mask, model_grid
 from cocyclereg.io import read_image, read_labels
 from cocyclereg.jacobian import FoldingStats, folding_stats, jacobian_determinant
 from cocyclereg.model_file import ModelInfo, load_model
@@ -54,7 +54,7 @@ class RegistrationResult:
     """Everything one registration produces; images are SimpleITK images with full geometry."""
 
     transform: sitk.Image
-    inverse_transform: sitk.Image
+    inverse_transform: sitk.Image | None
     jacobian: sitk.Image
     folding: FoldingStats
     warped: sitk.Image | None
@@ -66,37 +66,105 @@ class RegistrationResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def affine_prealignment(
-    fixed: sitk.Image, moving: sitk.Image, seed: int = 0
-) -> sitk.AffineTransform:
-    """Affine transform (fixed -> moving points) maximising Mattes mutual information.
+AFFINE_SPACING_MM = 3.0
 
-    Centre-of-mass initialisation, then a three-level pyramid (shrink 4, 2, 1; smoothing 2, 1,
-    0 mm) of regular-step gradient descent with physical-shift scaling; seeded sampling of 20 %
-    of the voxels, so the result is repeatable.
-    """
-    fixed_f, moving_f = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
-    initial = sitk.CenteredTransformInitializer(
-        fixed_f, moving_f, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+
+def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` as float32 on a grid of ``spacing_mm`` voxels (same origin and direction,
+    Gaussian anti-aliasing first), intensities clipped to its 0.5-99.5th percentiles of the
+    non-zero voxels so a long bright tail (T2, CT bone) does not starve the MI histogram."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    inside = values[values != 0]
+    if inside.size:
+        low, high = np.percentile(inside, [0.5, 99.5])
+        image = sitk.Clamp(image, sitk.sitkFloat32, float(low), float(high))
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.maximum(old_spacing, spacing_mm)
+    if np.allclose(new_spacing, old_spacing):
+        return image
+    sigma = np.maximum(np.sqrt(np.maximum(new_spacing**2 - old_spacing**2, 0.0)) / 2.0, 1e-3)
+    smoothed = sitk.SmoothingRecursiveGaussian(image, [float(x) for x in sigma])
+    size = np.ceil(np.array(image.GetSize()) * old_spacing / new_spacing).astype(int)
+    return sitk.Resample(
+        smoothed,
+        [int(x) for x in size],
+        sitk.Transform(3, sitk.sitkIdentity),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        [float(x) for x in new_spacing],
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
     )
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed)
-    method.SetInterpolator(sitk.sitkLinear)
+
+
+def affine_prealignment(
+    fixed: sitk.Image, moving: sitk.Image, seed: int = 0, kind: str = "rigid"
+) -> sitk.AffineTransform:
+    """Linear transform (fixed -> moving points) maximising Mattes mutual information, as an
+    affine transform. ``kind``: ``"rigid"`` (rotation and translation: the same subject's scans
+    in different head positions) or ``"affine"`` (12 parameters; on skull-stripped brains MI
+    tends to shrink the moving brain by a few percent, measured 4 % on TCGA-DU-7294 T1/T2).
+
+    Works on copies of both images at ``AFFINE_SPACING_MM`` (3 mm) voxels with clipped
+    intensities (:func:`_affine_working_image`): moments initialisation, then a two-level
+    pyramid (shrink 2, 1; smoothing 2, 0 mm) of regular-step gradient descent with
+    physical-shift scaling on a seeded 25 % sample of the voxels, so the result is repeatable.
+    If the result's MI is no better than the identity's (images already aligned), returns the
+    identity as an affine transform.
+    """
+    fixed_f = _affine_working_image(fixed, AFFINE_SPACING_MM)
+    moving_f = _affine_working_image(moving, AFFINE_SPACING_MM)
+
+    # MI over the head only: with a large empty background, MI rewards shrinking the brain.
+    head = sitk.GetImageFromArray(foreground_mask(fixed_f).astype(np.uint8))
+    head.CopyInformation(fixed_f)
+    head = sitk.BinaryDilate(head, [2, 2, 2])
+
+    def method_for(transform: sitk.Transform) -> sitk.ImageRegistrationMethod:
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricFixedMask(head)
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(0.25, seed)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetInitialTransform(transform, inPlace=False)
+        return method
+
+    if kind not in ("rigid", "affine"):
+        raise ValueError(f"kind must be 'rigid' or 'affine', got {kind!r}")
+    initial = sitk.CenteredTransformInitializer(
+        fixed_f,
+        moving_f,
+        sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3),
+        sitk.CenteredTransformInitializerFilter.MOMENTS,
+    )
+    method = method_for(initial)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=200, gradientMagnitudeTolerance=1e-6
+        learningRate=1.0, minStep=1e-4, numberOfIterations=100, gradientMagnitudeTolerance=1e-6
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SetShrinkFactorsPerLevel([2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
     result = method.Execute(fixed_f, moving_f)
     composite = sitk.CompositeTransform(result)
-    affine = composite.GetNthTransform(composite.GetNumberOfTransforms() - 1).Downcast()
-    if composite.GetNumberOfTransforms() > 1 or not isinstance(affine, sitk.AffineTransform):
-        raise RuntimeError("affine registration returned an unexpected transform")
+    found = composite.GetNthTransform(composite.GetNumberOfTransforms() - 1).Downcast()
+    if composite.GetNumberOfTransforms() > 1 or not isinstance(
+        found, sitk.AffineTransform | sitk.Euler3DTransform
+    ):
+        raise RuntimeError("linear registration returned an unexpected transform")
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(found.GetMatrix())
+    affine.SetTranslation(found.GetTranslation())
+    affine.SetCenter(found.GetCenter())
+    identity = sitk.AffineTransform(3)
+    # Mattes MI in ITK is negated: lower is better.
+    if method_for(identity).MetricEvaluate(fixed_f, moving_f) <= method_for(affine).MetricEvaluate(
+        fixed_f, moving_f
+    ):
+        return identity
     return affine
 
 
@@ -181,9 +249,11 @@ def register(
     fixed_modality: str | None = None,
     moving_modality: str | None = None,
     affine: bool = True,
+    prealignment: str = "rigid",
     device: str = "auto",
     labels: list[sitk.Image | str | Path] | tuple = (),
     warp_moving: bool = True,
+    inverse: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
@@ -193,10 +263,13 @@ def register(
         model: a model file path, or ``(network, info)`` from :func:`load_model`.
         fixed_modality, moving_modality: the model's modality names (default: moving is the
             model's x, fixed its y); the head and input order follow from them.
-        affine: run the mutual-information affine pre-alignment first.
+        affine: run the mutual-information linear pre-alignment first.
+        prealignment: its degrees of freedom, ``rigid`` or ``affine`` (see
+            :func:`affine_prealignment`).
         device: ``auto``, ``cpu`` or ``cuda``.
         labels: labelmaps on the moving image's grid, warped to the fixed grid (nearest).
         warp_moving: also return the moving image resampled onto the fixed grid.
+        inverse: also return the inverse transform (the second head) on the moving grid.
         progress: called with each stage's name (``load``, ``affine``, ``preprocess``,
             ``network``, ``output``) as it starts.
     """
@@ -226,7 +299,7 @@ def register(
     if affine:
         report("affine")
     started = time.perf_counter()
-    pre_alignment = affine_prealignment(fixed, moving) if affine else None
+    pre_alignment = affine_prealignment(fixed, moving, kind=prealignment) if affine else None
     seconds["affine"] = time.perf_counter() - started
 
     report("preprocess")
@@ -251,17 +324,21 @@ def register(
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
     with torch.no_grad():
         if moving_is_x:
-            forward, inverse = network(moving_tensor, fixed_tensor)
+            forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
         else:
-            inverse, forward = network(fixed_tensor, moving_tensor)
-        forward = forward[0].double().cpu().numpy()
-        inverse = inverse[0].double().cpu().numpy()
+            inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
+        forward_flow = forward_flow[0].double().cpu().numpy()
+        inverse_flow = inverse_flow[0].double().cpu().numpy()
     seconds["network"] = time.perf_counter() - started
 
     report("output")
     started = time.perf_counter()
-    forward_field = displacement_field_image(voxel_flow_to_displacement_mm(forward, grid), grid)
-    inverse_field = displacement_field_image(voxel_flow_to_displacement_mm(inverse, grid), grid)
+    forward_field = displacement_field_image(
+        voxel_flow_to_displacement_mm(forward_flow, grid), grid
+    )
+    inverse_field = displacement_field_image(
+        voxel_flow_to_displacement_mm(inverse_flow, grid), grid
+    )
     fixed_grid = Grid.from_image(fixed)
     if pre_alignment is not None:
         forward_total = sitk.CompositeTransform(
@@ -274,7 +351,9 @@ def register(
         forward_total = displacement_transform(forward_field)
         inverse_total = displacement_transform(inverse_field)
     transform = transform_to_displacement_field(forward_total, fixed_grid)
-    inverse_transform = transform_to_displacement_field(inverse_total, moving_grid)
+    inverse_transform = (
+        transform_to_displacement_field(inverse_total, moving_grid) if inverse else None
+    )
     jacobian = jacobian_determinant(transform)
     resampling = displacement_transform(transform)
     warped = resample_to_grid(moving, fixed_grid, "linear", resampling) if warp_moving else None
