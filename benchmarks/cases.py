@@ -1,0 +1,303 @@
+"""Registration cases with a known deformation, built from co-registered scans in ../shared/data.
+
+A case is the CoCycleReg paper's construction of its T1–T2 set: take two co-registered
+modalities of one subject, deform one of them (image and labels) with a seeded random smooth
+elastic field (:func:`cocyclereg.augment.random_elastic_flow`: random displacements on a
+control grid at most ``control_spacing_mm`` apart, cubic-spline upsampled, Gaussian-smoothed,
+largest displacement a random 50–100 % of ``max_displacement_mm``, no folding) and register the
+deformed one (moving) back onto the other (fixed).
+
+Ground truth. The deformed moving image is ``M'(q) = M(q + u(q))`` (``u`` the elastic
+resampling field). Since fixed and undeformed moving are co-registered, the fixed point ``p``
+corresponds to the moving-image point ``q`` with ``q + u(q) = p``: the true fixed -> moving
+transform is ``T(p) = p + v(p)`` with ``v = -u o (id + v)``, the inverse of the elastic warp. It
+is found by fixed-point iteration (``v <- -u(p + v)``, trilinear) and written as an ITK
+displacement field (LPS mm, on the fixed grid), the same kind of file every method produces, so
+target registration error is ``|T_method(p) - T(p)|`` at fixed-image brain voxels. The case
+records the largest residual ``|v(p) + u(p + v(p))|`` of the inversion.
+
+Case sets (``kind``):
+
+* ``t1t2``: one subject of ``brain-t1t2`` (default the held-out TCGA-DU-7294, 240×240×155, 1 mm).
+  Both directions: deformed T1 -> T2 and deformed T2 -> T1, ``deformations`` seeded fields each.
+  Tissue labels (1 CSF, 2 grey, 3 white) come from the *undeformed* T1 alone, computed once:
+  :func:`cocyclereg.tissue.tissue_from_t1`, a deterministic three-class k-means of T1
+  intensities inside the skull-stripped brain (voxels > 0), classes ordered by mean intensity.
+  They are independent of every registration method. Tumour labels are ``tumor.nii.gz``
+  (automatic BraTS fusion, sub-regions 1–2). Both label maps are deformed with the image.
+* ``ct-mri``: the 2 mm MNI population templates (91×109×91, one grid for all maps): the
+  Clinical-toolbox CT with skull (``clinical-ct/scct.nii``) against the SPM12 T1 and T2
+  (``spm12/T1.nii``, ``spm12/T2.nii``, also with skull). Four directions: CT -> T1, T1 -> CT,
+  CT -> T2, T2 -> CT. Tissue labels = argmax of SPM12 grey/white/csf probability maps where their
+  sum exceeds 0.5 (:func:`cocyclereg.tissue.tissue_from_probabilities`), one labelmap for all
+  three images since they share one space (the Clinical-toolbox ``scgrey/scwhite/sccsf`` maps lie
+  on the same grid too; using one source keeps fixed and moving labels of the same anatomy). No
+  tumour labels. These templates are also in the CT–MRI training list: only the deformations
+  are new, the anatomy is not held out.
+
+Cases are cached under ``folder``: a case whose ``case.json`` holds the same parameters is
+reused, so repeated benchmark runs register exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from cocyclereg.augment import random_elastic_flow
+from cocyclereg.displacement import (
+    displacement_field_image,
+    displacement_transform,
+    voxel_flow_to_displacement_mm,
+)
+from cocyclereg.grid import Grid
+from cocyclereg.io import read_image, read_labels, write_image
+from cocyclereg.resample import resample_to_grid
+from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.tissue import tissue_from_probabilities, tissue_from_t1
+
+INVERSION_ITERATIONS = 40
+
+
+@dataclass
+class Case:
+    """One registration case: file paths (strings) and what the case was built from."""
+
+    name: str
+    kind: str
+    direction: str  # e.g. "t1->t2": moving modality -> fixed modality
+    moving_role: str  # "t1", "t2" or "ct"
+    fixed_role: str
+    seed: int
+    fixed: str
+    moving: str
+    fixed_tissue: str
+    moving_tissue: str
+    ground_truth: str
+    fixed_tumour: str | None = None
+    moving_tumour: str | None = None
+    max_displacement_mm: float = 0.0
+    inversion_residual_mm: float = 0.0
+    size: tuple[int, int, int] = (0, 0, 0)
+    spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def from_json(cls, path: Path) -> Case:
+        values = json.loads(path.read_text())
+        values.pop("parameters", None)
+        values["size"] = tuple(values["size"])
+        values["spacing"] = tuple(values["spacing"])
+        return cls(**values)
+
+
+def _resampled(image: sitk.Image, spacing_mm: float | None, labels: bool) -> sitk.Image:
+    """``image`` on an isotropic ``spacing_mm`` grid over the same extent (None: unchanged)."""
+    if not spacing_mm:
+        return image
+    grid = Grid.from_image(image)
+    size = [max(1, round(n * s / spacing_mm)) for n, s in zip(grid.size, grid.spacing, strict=True)]
+    # Keep the physical extent: the first voxel's corner stays where it was.
+    corner = grid.index_to_physical(np.full(3, -0.5))
+    new = Grid(tuple(size), (spacing_mm,) * 3, (0.0, 0.0, 0.0), grid.direction)
+    origin = corner - new.index_to_physical(np.full(3, -0.5))
+    new = Grid(tuple(size), (spacing_mm,) * 3, tuple(origin), grid.direction)
+    return resample_to_grid(image, new, "label" if labels else "linear")
+
+
+def _inverse_flow(
+    flow: np.ndarray, spacing_dhw: np.ndarray, iterations: int = INVERSION_ITERATIONS
+) -> tuple[np.ndarray, float]:
+    """``v`` with ``v(p) = -u(p + v(p))`` (voxels, (3, D, H, W)) and the largest residual of
+    that equation in mm after the last iteration."""
+    warp = SpatialTransformer("bilinear")
+    u = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))[None]
+    v = -u.clone()
+    with torch.no_grad():
+        for _ in range(iterations):
+            v = -warp(u, v)
+        scale = torch.as_tensor(np.asarray(spacing_dhw, dtype=np.float32)).view(1, 3, 1, 1, 1)
+        residual = float(((v + warp(u, v)) * scale).norm(dim=1).max())
+    return v[0].numpy(), residual
+
+
+def _field_mm(flow_voxels: np.ndarray, grid: Grid) -> sitk.Image:
+    return displacement_field_image(voxel_flow_to_displacement_mm(flow_voxels, grid), grid)
+
+
+def _source_t1t2(data: Path, subject: str, spacing_mm: float | None, folder: Path) -> dict:
+    """Images and labels of one co-registered subject, on the benchmark grid, written once."""
+    source = data / "brain-t1t2" / subject
+    if not source.is_dir():
+        raise SystemExit(f"no subject folder {source}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "t1": folder / "t1.nii.gz",
+        "t2": folder / "t2.nii.gz",
+        "tissue": folder / "tissue.nii.gz",
+        "tumour": folder / "tumour.nii.gz",
+    }
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    t1 = _resampled(read_image(source / "t1.nii.gz"), spacing_mm, labels=False)
+    t2 = _resampled(read_image(source / "t2.nii.gz"), spacing_mm, labels=False)
+    write_image(t1, paths["t1"])
+    write_image(t2, paths["t2"])
+    # Tissue classes from the full-resolution T1, then carried to the benchmark grid.
+    tissue = tissue_from_t1(read_image(source / "t1.nii.gz"))
+    write_image(_resampled(tissue, spacing_mm, labels=True), paths["tissue"])
+    tumour = source / "tumor.nii.gz"
+    if tumour.is_file():
+        write_image(_resampled(read_labels(tumour), spacing_mm, labels=True), paths["tumour"])
+    else:
+        paths.pop("tumour")
+    return paths
+
+
+def _source_ct_mri(data: Path, spacing_mm: float | None, folder: Path) -> dict:
+    ct, spm = data / "templates" / "clinical-ct", data / "templates" / "spm12"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "ct": folder / "ct.nii.gz",
+        "t1": folder / "t1.nii.gz",
+        "t2": folder / "t2.nii.gz",
+        "tissue": folder / "tissue.nii.gz",
+    }
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    sources = {"ct": ct / "scct.nii", "t1": spm / "T1.nii", "t2": spm / "T2.nii"}
+    grids = [Grid.from_image(read_image(p)) for p in sources.values()]
+    if not all(g.is_close(grids[0], 1e-3) for g in grids):
+        raise SystemExit("the CT and SPM12 templates are not on one grid")
+    for role, path in sources.items():
+        write_image(_resampled(read_image(path), spacing_mm, labels=False), paths[role])
+    tissue = tissue_from_probabilities(
+        *(read_image(spm / f"{name}.nii") for name in ("grey", "white", "csf"))
+    )
+    write_image(_resampled(tissue, spacing_mm, labels=True), paths["tissue"])
+    return paths
+
+
+def _directions(kind: str) -> list[tuple[str, str]]:
+    if kind == "t1t2":
+        return [("t1", "t2"), ("t2", "t1")]
+    return [("ct", "t1"), ("t1", "ct"), ("ct", "t2"), ("t2", "ct")]
+
+
+def build_cases(
+    kind: str,
+    data: Path,
+    folder: Path,
+    subject: str = "TCGA-DU-7294",
+    deformations: int = 1,
+    seed: int = 0,
+    spacing_mm: float | None = None,
+    control_spacing_mm: float = 24.0,
+    max_displacement_mm: float = 10.0,
+    log=print,
+) -> list[Case]:
+    """Build (or reuse) ``deformations`` cases per direction; see the module docstring."""
+    if kind not in ("t1t2", "ct-mri"):
+        raise ValueError(f"unknown case set {kind!r}")
+    resolution = f"{spacing_mm:g}mm" if spacing_mm else "native"
+    tag = f"{kind}-{subject if kind == 't1t2' else 'mni'}-{resolution}"
+    root = folder / tag
+    sources = (
+        _source_t1t2(data, subject, spacing_mm, root / "source")
+        if kind == "t1t2"
+        else _source_ct_mri(data, spacing_mm, root / "source")
+    )
+    parameters = {
+        "control_spacing_mm": control_spacing_mm,
+        "max_displacement_mm": max_displacement_mm,
+        "inversion_iterations": INVERSION_ITERATIONS,
+    }
+    cases = []
+    for moving_role, fixed_role in _directions(kind):
+        for index in range(deformations):
+            name = f"{moving_role}-to-{fixed_role}-{index}"
+            # One seed per (base seed, direction, index): adding cases never changes old ones.
+            digest = hashlib.sha256(f"{seed}/{moving_role}/{fixed_role}/{index}".encode()).digest()
+            case_seed = int.from_bytes(digest[:4], "little")
+            case_folder = root / name
+            record = case_folder / "case.json"
+            wanted = {**parameters, "seed": case_seed}
+            if record.is_file() and json.loads(record.read_text()).get("parameters") == wanted:
+                cases.append(Case.from_json(record))
+                continue
+            log(f"building case {tag}/{name} (seed {case_seed})")
+            cases.append(
+                _build_case(
+                    sources, kind, name, moving_role, fixed_role, case_seed, case_folder, wanted
+                )
+            )
+    return cases
+
+
+def _build_case(
+    sources: dict,
+    kind: str,
+    name: str,
+    moving_role: str,
+    fixed_role: str,
+    seed: int,
+    folder: Path,
+    parameters: dict,
+) -> Case:
+    folder.mkdir(parents=True, exist_ok=True)
+    fixed = read_image(sources[fixed_role])
+    moving = read_image(sources[moving_role])
+    grid = Grid.from_image(fixed)
+    rng = np.random.default_rng(seed)
+    flow = random_elastic_flow(
+        grid.shape,
+        grid.spacing,
+        rng,
+        control_spacing_mm=parameters["control_spacing_mm"],
+        max_displacement_mm=parameters["max_displacement_mm"],
+    )
+    deform = displacement_transform(_field_mm(flow, grid))
+    inverse, residual_mm = _inverse_flow(flow, np.asarray(grid.spacing[::-1]))
+    truth = _field_mm(inverse, grid)
+    largest_mm = float(np.linalg.norm(voxel_flow_to_displacement_mm(flow, grid), axis=-1).max())
+
+    out = {
+        "fixed": folder / "fixed.nii.gz",
+        "moving": folder / "moving.nii.gz",
+        "fixed_tissue": folder / "fixed_tissue.nii.gz",
+        "moving_tissue": folder / "moving_tissue.nii.gz",
+        "ground_truth": folder / "ground_truth.nii.gz",
+    }
+    write_image(fixed, out["fixed"])
+    write_image(resample_to_grid(moving, grid, "linear", deform), out["moving"])
+    tissue = read_labels(sources["tissue"])
+    write_image(tissue, out["fixed_tissue"])
+    write_image(resample_to_grid(tissue, grid, "label", deform), out["moving_tissue"])
+    sitk.WriteImage(sitk.Cast(truth, sitk.sitkVectorFloat32), str(out["ground_truth"]), True)
+    if "tumour" in sources:
+        tumour = read_labels(sources["tumour"])
+        out["fixed_tumour"] = folder / "fixed_tumour.nii.gz"
+        out["moving_tumour"] = folder / "moving_tumour.nii.gz"
+        write_image(tumour, out["fixed_tumour"])
+        write_image(resample_to_grid(tumour, grid, "label", deform), out["moving_tumour"])
+    case = Case(
+        name=name,
+        kind=kind,
+        direction=f"{moving_role}->{fixed_role}",
+        moving_role=moving_role,
+        fixed_role=fixed_role,
+        seed=seed,
+        max_displacement_mm=largest_mm,
+        inversion_residual_mm=residual_mm,
+        size=grid.size,
+        spacing=grid.spacing,
+        **{key: str(path) for key, path in out.items()},
+    )
+    record = {**asdict(case), "parameters": parameters}
+    (folder / "case.json").write_text(json.dumps(record, indent=2) + "\n")
+    return case

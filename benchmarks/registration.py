@@ -1,0 +1,736 @@
+"""CoCycleReg against Elastix, ANTs SyN and the identity, on the same cases, in the same run.
+
+What it does, in order:
+
+1. Builds (or reuses) registration cases with a known deformation from ``../shared/data`` (see
+   ``benchmarks/cases.py``): ``--cases t1t2`` deforms the T1 or the T2 of one co-registered
+   subject (default the held-out TCGA-DU-7294, 240x240x155 at 1 mm) with a seeded random elastic
+   field (``cocyclereg.augment``, 5-10 mm at most, no folding) and registers it back onto the
+   other modality, both directions; ``--cases ct-mri`` does the same with the 2 mm MNI CT and
+   SPM12 T1/T2 templates.
+2. Registers every case with every method, each end to end in its own process (files in ->
+   transform, warped image and warped labels written), on ``--threads`` threads
+   (``OMP_NUM_THREADS``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` and ITK's global default):
+
+   * ``cocyclereg``: the ``cocyclereg register`` command line (Python start-up, imports, model
+     load, affine pre-alignment, network, outputs), with ``--summary`` for its stage times; its
+     peak memory is the process's maximum resident set size (``wait4``).
+   * ``elastix``: itk-elastix, elastix's default ``affine`` then ``bspline`` parameter maps
+     (3 resolutions each, AdvancedMattesMutualInformation, adaptive stochastic gradient
+     descent; the B-spline map's final grid spacing ``--elastix-grid`` mm and its default
+     bending-energy penalty), then transformix for the deformation field and the labels.
+   * ``ants``: antspyx ``ants.registration(type_of_transform="SyN", aff_metric="mattes",
+     syn_metric="mattes")`` (affine then SyN, default iterations), the forward transforms
+     composed into one displacement field on the fixed grid.
+   * ``identity``: no registration (the starting misalignment).
+   * ``truth`` (not run by default): the ground-truth field itself; its Dice is the ceiling set
+     by nearest-neighbour resampling of the labels, a check of the case construction.
+
+   Peer times exclude their Python library import (``import itk`` takes 2-17 s here, which the
+   elastix and ANTs command-line programs do not pay); CoCycleReg's time includes everything,
+   interpreter start-up and ``import torch`` too. Whole-process times of all three are in the
+   table ("process s") and the results JSON.
+3. Evaluates every method through one code path: its transform (a displacement field on the
+   fixed grid, fixed points -> moving points) warps the moving tissue and tumour labels
+   (nearest neighbour) -> Dice per label and mean, HD95 (mm), percent of fixed-grid voxels with
+   ``det(I + grad u) <= 0`` (``cocyclereg.jacobian``), and target registration error: the
+   distance in mm between the method's and the ground truth's mapped point at every fixed brain
+   voxel (tissue label > 0): mean, median, 95th percentile.
+4. Prints Markdown tables (all cases, then per direction) with each method's seconds per pair
+   and Elastix's time divided by it; CoCycleReg's stage times (slowest first) and peak memory;
+   and the network pass against its ideal time: the forward pass's FLOP count on the model grid
+   the cases used (``torch.utils.flop_counter``) divided by ``--peak-gflops`` (157 GFLOP/s: two
+   AVX2 FMA cores at 2.45 GHz, 32 fp32 FLOP per cycle each).
+
+Outputs in ``--output``: ``cases/`` (cached inputs and ground truths), ``<case>/<method>/``
+(transform.nii.gz, warped image and labels, metrics.json, process log), ``results.json`` and
+``results.md``.
+
+Develop on a downsampled copy (``--spacing 2`` makes the T1/T2 pair 120x120x78) and run the full
+240x240x155 benchmark once: Elastix and ANTs take minutes per pair on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = (
+    REPOSITORY
+    / "CoCycleRegTrain"
+    / "src"
+    / "cocyclereg"
+    / "resources"
+    / "models"
+    / "brain-t1t2.cocyclereg"
+)
+DEFAULT_DATA = Path(os.environ.get("COCYCLEREG_DATA", REPOSITORY.parent / "shared" / "data"))
+METHODS = ("cocyclereg", "elastix", "ants", "identity", "truth")
+TIMED = ("cocyclereg", "elastix", "ants")
+SPEED_TARGET = 20.0  # end-to-end, times faster than Elastix
+NETWORK_TARGET = 2.0  # measured network seconds / ideal seconds
+MEMORY_TARGET_GB = 4.0
+
+EPILOG = """\
+examples:
+  # quick development run on a 2 mm copy of the held-out pair, one case per direction
+  python benchmarks/registration.py --model /tmp/model.cocyclereg --spacing 2
+
+  # the benchmark: full 240x240x155 TCGA-DU-7294, T1->T2 and T2->T1, all peers
+  python benchmarks/registration.py --model MODEL --deformations 1 --output runs/bench-t1t2
+
+  # CT<->MRI on the MNI templates with a CT/MRI model
+  python benchmarks/registration.py --model ct.cocyclereg --cases ct-mri
+
+Targets checked on the full T1/T2 pair: cocyclereg end to end >= 20x faster than Elastix, the
+network pass within 2x of FLOPs / peak FLOP rate, peak memory < 4 GB.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one method on one case, in a fresh process (``registration.py _worker ...``).
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="registration.py _worker")
+    parser.add_argument("method", choices=["elastix", "ants"])
+    parser.add_argument("case", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--elastix-grid", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    case = json.loads(args.case.read_text())
+    started = time.perf_counter()
+    if args.method == "elastix":
+        seconds = _run_elastix(case, args.output, args.threads, args.elastix_grid)
+    else:
+        seconds = _run_ants(case, args.output)
+    seconds["total"] = time.perf_counter() - started
+    (args.output / "timing.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    return 0
+
+
+def _label_inputs(case: dict, output: Path) -> list[tuple[str, Path]]:
+    """(moving labelmap, warped output) for the tissue and, if any, tumour labels."""
+    pairs = [(case["moving_tissue"], output / "warped_tissue.nii.gz")]
+    if case.get("moving_tumour"):
+        pairs.append((case["moving_tumour"], output / "warped_tumour.nii.gz"))
+    return pairs
+
+
+def _run_elastix(case: dict, output: Path, threads: int, grid_mm: float) -> dict:
+    seconds = {}
+    started = time.perf_counter()
+    import itk
+
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+    itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(threads)
+    seconds["import"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    fixed = itk.imread(case["fixed"], itk.F)
+    moving = itk.imread(case["moving"], itk.F)
+    seconds["read"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    parameters = itk.ParameterObject.New()
+    affine = parameters.GetDefaultParameterMap("affine", 3)
+    bspline = parameters.GetDefaultParameterMap("bspline", 3, grid_mm)
+    for parameter_map in (affine, bspline):
+        parameter_map["NumberOfResolutions"] = ["3"]
+        parameter_map["RandomSeed"] = ["121212"]
+        parameter_map["WriteResultImage"] = ["false"]
+        parameters.AddParameterMap(parameter_map)
+    parameters.SetParameter(1, "WriteResultImage", "true")
+    warped, transform_parameters = itk.elastix_registration_method(
+        fixed, moving, parameter_object=parameters, log_to_console=False
+    )
+    seconds["register"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    field = itk.transformix_deformation_field(moving, transform_parameters)
+    seconds["field"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    itk.imwrite(field, str(output / "transform.nii.gz"), compression=True)
+    itk.imwrite(warped, str(output / "warped.nii.gz"), compression=True)
+    transform_parameters.SetParameter("FinalBSplineInterpolationOrder", "0")
+    transform_parameters.SetParameter("ResultImagePixelType", "unsigned char")
+    for source, target in _label_inputs(case, output):
+        labels = itk.imread(source, itk.F)
+        warped_labels = itk.transformix_filter(labels, transform_parameters)
+        rounded = itk.image_from_array(
+            np.rint(itk.array_view_from_image(warped_labels)).astype(np.uint8)
+        )
+        rounded.CopyInformation(warped_labels)
+        itk.imwrite(rounded, str(target), compression=True)
+    seconds["write"] = time.perf_counter() - started
+    return seconds
+
+
+def _run_ants(case: dict, output: Path) -> dict:
+    seconds = {}
+    started = time.perf_counter()
+    import ants
+
+    seconds["import"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    fixed = ants.image_read(case["fixed"])
+    moving = ants.image_read(case["moving"])
+    seconds["read"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scratch = output / "ants"
+    scratch.mkdir(exist_ok=True)
+    registration = ants.registration(
+        fixed,
+        moving,
+        type_of_transform="SyN",
+        aff_metric="mattes",
+        syn_metric="mattes",
+        outprefix=str(scratch / "syn_"),
+    )
+    seconds["register"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    composed = ants.apply_transforms(
+        fixed, moving, registration["fwdtransforms"], compose=str(scratch / "composed_")
+    )
+    seconds["field"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    shutil.move(composed, output / "transform.nii.gz")
+    ants.image_write(registration["warpedmovout"], str(output / "warped.nii.gz"))
+    for source, target in _label_inputs(case, output):
+        labels = ants.apply_transforms(
+            fixed,
+            ants.image_read(source),
+            registration["fwdtransforms"],
+            interpolator="genericLabel",
+        )
+        ants.image_write(labels.astype("uint8"), str(target))
+    seconds["write"] = time.perf_counter() - started
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Running methods.
+# ---------------------------------------------------------------------------------------------
+
+
+def _environment(threads: int) -> dict:
+    environment = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        environment[name] = str(threads)
+    environment["ANTS_RANDOM_SEED"] = "1"
+    return environment
+
+
+# A tiny launcher forks the method's process. ``wait4`` in this (large) process would report a
+# peak resident set size that includes this process's own memory: Linux carries the pre-exec
+# high-water mark of a forked child into its ``ru_maxrss``.
+_LAUNCHER = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(sys.argv[1], "w") as stream:
+    json.dump({"seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+               "returncode": os.waitstatus_to_exitcode(status)}, stream)
+"""
+
+
+def _run_process(command: list[str], log: Path, threads: int) -> dict:
+    """Run ``command`` to completion: its wall time, peak resident memory (GB) and exit code."""
+    record = log.with_suffix(".json")
+    record.unlink(missing_ok=True)
+    with log.open("w") as stream:
+        subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(record), *command],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=_environment(threads),
+            check=False,
+        )
+    if not record.is_file():
+        return {"seconds": float("nan"), "peak_rss_gb": float("nan"), "returncode": -1}
+    return json.loads(record.read_text())
+
+
+def _modality_name(role: str, modalities: tuple[str, str], kind: str) -> str:
+    """The model's name for a case image's modality (``t1``, ``t2`` or ``ct``)."""
+    lowered = {m.lower(): m for m in modalities}
+    if role in lowered:
+        return lowered[role]
+    if kind == "ct-mri" and role != "ct":
+        others = [m for m in modalities if m.lower() != "ct"]
+        if len(others) == 1 and "ct" in lowered:
+            return others[0]
+    raise SystemExit(
+        f"the model registers {modalities[0]} and {modalities[1]}; it cannot take the "
+        f"{role} images of the {kind} cases"
+    )
+
+
+def run_method(method: str, case, folder: Path, args, modalities) -> dict:
+    """Register ``case`` with ``method`` into ``folder``; returns timing (and the transform)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    transform = folder / "transform.nii.gz"
+    if method in ("identity", "truth"):
+        return {"transform": case.ground_truth if method == "truth" else None}
+    case_json = folder.parent / "case.json"
+    case_json.write_text(json.dumps(asdict(case), indent=2) + "\n")
+    if method == "cocyclereg":
+        summary = folder / "summary.json"
+        command = [
+            sys.executable, "-m", "cocyclereg", "register",
+            "--fixed", case.fixed, "--moving", case.moving, "--model", str(args.model),
+            "--moving-modality", _modality_name(case.moving_role, modalities, case.kind),
+            "--fixed-modality", _modality_name(case.fixed_role, modalities, case.kind),
+            "--transform", str(transform), "--warped", str(folder / "warped.nii.gz"),
+            "--summary", str(summary), "--device", "cpu",
+        ]  # fmt: skip
+        for source, target in _label_inputs(asdict(case), folder):
+            command += ["--labels", source, "--warped-labels", str(target)]
+    else:
+        command = [
+            sys.executable, str(Path(__file__).resolve()), "_worker", method, str(case_json),
+            str(folder), "--threads", str(args.threads), "--elastix-grid", str(args.elastix_grid),
+        ]  # fmt: skip
+    for stale in (transform, folder / "summary.json", folder / "timing.json"):
+        stale.unlink(missing_ok=True)
+    run = _run_process(command, folder / "process.log", args.threads)
+    if run["returncode"] != 0 or not transform.is_file():
+        tail = (folder / "process.log").read_text()[-2000:]
+        raise SystemExit(f"{method} failed on {case.name} (exit {run['returncode']}):\n{tail}")
+    if method == "cocyclereg":
+        summary = json.loads((folder / "summary.json").read_text())
+        run["stages"] = dict(summary["seconds"])
+        run["stages"]["start-up + imports"] = run["seconds"] - sum(summary["seconds"].values())
+        run["model_grid"] = summary["model_grid"]
+        run["pair_seconds"] = run["seconds"]  # everything, start-up included
+    else:
+        stages = json.loads((folder / "timing.json").read_text())
+        run["stages"] = stages
+        run["pair_seconds"] = stages["total"] - stages["import"]
+    run["transform"] = str(transform)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: one code path for every method.
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_case(case, transform_path: str | None) -> dict:
+    """Dice/HD95 of tissue and tumour labels, folding and TRE of one transform on one case."""
+    import SimpleITK as sitk
+
+    from cocyclereg.displacement import (
+        displacement_array,
+        displacement_field_image,
+        displacement_transform,
+        read_displacement_field,
+        transform_to_displacement_field,
+    )
+    from cocyclereg.grid import Grid
+    from cocyclereg.io import read_labels
+    from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
+    from cocyclereg.metrics import dice, hd95
+    from cocyclereg.resample import resample_to_grid
+
+    fixed_tissue = read_labels(case.fixed_tissue)
+    grid = Grid.from_image(fixed_tissue)
+    if transform_path is None:
+        field = np.zeros((*grid.shape, 3))
+    else:
+        image = read_displacement_field(transform_path)
+        if not Grid.from_image(image).is_close(grid, 1e-3):
+            image = transform_to_displacement_field(displacement_transform(image), grid)
+        field = displacement_array(image)
+    transform = displacement_transform(displacement_field_image(field, grid))
+    spacing_dhw = tuple(reversed(grid.spacing))
+    result: dict = {}
+    pairs = [("tissue", fixed_tissue, case.moving_tissue)]
+    if case.fixed_tumour:
+        pairs.append(("tumour", read_labels(case.fixed_tumour), case.moving_tumour))
+    fixed_brain = None
+    for name, fixed_image, moving_path in pairs:
+        fixed = sitk.GetArrayFromImage(fixed_image)
+        warped = sitk.GetArrayFromImage(
+            resample_to_grid(read_labels(moving_path), grid, "label", transform)
+        )
+        scores = dice(fixed, warped)
+        distances = {k: hd95(fixed, warped, spacing_dhw, k) for k in scores}
+        result[name] = {
+            "dice": {str(k): v for k, v in scores.items()},
+            "hd95_mm": {str(k): v for k, v in distances.items()},
+            "mean_dice": float(np.mean(list(scores.values()))) if scores else float("nan"),
+            "mean_hd95_mm": float(np.nanmean(list(distances.values()))) if scores else np.nan,
+        }
+        if name == "tissue":
+            fixed_brain = fixed > 0
+    result["folding"] = folding_stats(jacobian_determinant_array(field, grid)).as_dict()
+    truth = displacement_array(read_displacement_field(case.ground_truth))
+    error = np.linalg.norm(field - truth, axis=-1)[fixed_brain]
+    result["tre_mm"] = {
+        "mean": float(error.mean()),
+        "median": float(np.median(error)),
+        "p95": float(np.percentile(error, 95)),
+        "max": float(error.max()),
+    }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Network FLOPs against the CPU's peak.
+# ---------------------------------------------------------------------------------------------
+
+
+def network_flops(model: Path, grid_size_ijk: list[int], threads: int) -> dict:
+    """FLOPs of one forward pass of R on a grid of ``grid_size_ijk`` voxels (counted on the meta
+    device, no arithmetic done), and the warm in-process time of one real pass."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cocyclereg.model_file import load_model
+
+    torch.set_num_threads(threads)
+    network, _ = load_model(model, "cpu")
+    shape = (1, 1, *reversed(grid_size_ijk))
+    meta = network.to("meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(torch.zeros(shape, device="meta"), torch.zeros(shape, device="meta"))
+    flops = int(counter.get_total_flops())
+    network, _ = load_model(model, "cpu")
+    inputs = torch.rand(shape), torch.rand(shape)
+    with torch.no_grad():
+        network(*inputs)  # warm-up: allocator, oneDNN kernels
+        started = time.perf_counter()
+        network(*inputs)
+        warm = time.perf_counter() - started
+    return {"flops": flops, "warm_forward_seconds": warm, "grid_ijk": list(grid_size_ijk)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(rows: list[dict], methods: list[str]) -> dict:
+    """Per method, the means over ``rows`` (one row per case and method)."""
+    summary = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        metrics = [r["metrics"] for r in mine]
+        entry = {
+            "cases": len(mine),
+            "tissue_dice": _mean(m["tissue"]["mean_dice"] for m in metrics),
+            "tissue_hd95_mm": _mean(m["tissue"]["mean_hd95_mm"] for m in metrics),
+            "tumour_dice": _mean(m.get("tumour", {}).get("mean_dice") for m in metrics),
+            "tumour_hd95_mm": _mean(m.get("tumour", {}).get("mean_hd95_mm") for m in metrics),
+            "folding_percent": _mean(m["folding"]["folding_percent"] for m in metrics),
+            "tre_mean_mm": _mean(m["tre_mm"]["mean"] for m in metrics),
+            "tre_p95_mm": _mean(m["tre_mm"]["p95"] for m in metrics),
+        }
+        if method in TIMED:
+            entry["seconds"] = _mean(r["run"]["pair_seconds"] for r in mine)
+            entry["process_seconds"] = _mean(r["run"]["seconds"] for r in mine)
+            entry["peak_rss_gb"] = max(r["run"]["peak_rss_gb"] for r in mine)
+        summary[method] = entry
+    elastix = summary.get("elastix", {}).get("seconds")
+    elastix_process = summary.get("elastix", {}).get("process_seconds")
+    for entry in summary.values():
+        if elastix and entry.get("seconds"):
+            entry["elastix_ratio"] = elastix / entry["seconds"]
+            entry["elastix_process_ratio"] = elastix_process / entry["process_seconds"]
+    return summary
+
+
+def _cell(value, digits: int = 3, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def markdown_table(summary: dict) -> str:
+    lines = [
+        "| method | tissue Dice | tumour Dice | tissue HD95 mm | tumour HD95 mm | % J≤0 "
+        "| TRE mean mm | TRE p95 mm | s/pair | Elastix s / s | process s | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, e in summary.items():
+        lines.append(
+            f"| {method} | {_cell(e['tissue_dice'])} | {_cell(e['tumour_dice'])} "
+            f"| {_cell(e['tissue_hd95_mm'], 2)} | {_cell(e['tumour_hd95_mm'], 2)} "
+            f"| {_cell(e['folding_percent'], 4)} | {_cell(e['tre_mean_mm'], 2)} "
+            f"| {_cell(e['tre_p95_mm'], 2)} | {_cell(e.get('seconds'), 1)} "
+            f"| {_cell(e.get('elastix_ratio'), 1, '×')} | {_cell(e.get('process_seconds'), 1)} "
+            f"| {_cell(e.get('peak_rss_gb'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def stage_table(rows: list[dict]) -> str:
+    """Mean seconds per stage of every timed method, slowest first."""
+    lines = []
+    for method in TIMED:
+        runs = [r["run"] for r in rows if r["method"] == method]
+        if not runs:
+            continue
+        stages = {k: _mean(run["stages"].get(k) for run in runs) for k in runs[0]["stages"]}
+        stages.pop("total", None)
+        ordered = sorted(stages.items(), key=lambda item: -item[1])
+        total = _mean(run["seconds"] for run in runs)
+        cells = [
+            f"**{k} {v:.2f}**" if i == 0 else f"{k} {v:.2f}" for i, (k, v) in enumerate(ordered)
+        ]
+        lines.append(f"- {method} (process {total:.1f} s): " + ", ".join(cells))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/registration.py",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None,
+        help="CoCycleReg model file (default: the bundled brain-t1t2 model, if installed)",
+    )
+    parser.add_argument(
+        "--cases",
+        choices=["t1t2", "ct-mri"],
+        default="t1t2",
+        help="t1t2: one brain-t1t2 subject, T1->T2 and T2->T1; ct-mri: MNI CT vs SPM12 T1/T2",
+    )
+    parser.add_argument(
+        "--subject", default="TCGA-DU-7294", help="brain-t1t2 subject for --cases t1t2"
+    )
+    parser.add_argument(
+        "--deformations", type=int, default=1, help="random deformations per direction (seeded)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the deformations")
+    parser.add_argument(
+        "--methods",
+        default="cocyclereg,elastix,ants,identity",
+        help=f"comma-separated, among {', '.join(METHODS)}",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("runs/benchmark-registration"), help="output folder"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="threads for every method")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=None,
+        help="resample the source scans to this isotropic spacing in mm first (development "
+        "runs; default: native grid, 240x240x155 for the T1/T2 subjects)",
+    )
+    parser.add_argument(
+        "--max-displacement", type=float, default=10.0, help="elastic field bound, mm"
+    )
+    parser.add_argument(
+        "--control-spacing", type=float, default=24.0, help="elastic control grid spacing, mm"
+    )
+    parser.add_argument(
+        "--elastix-grid", type=float, default=10.0, help="final B-spline grid spacing, mm"
+    )
+    parser.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=157.0,
+        help="the CPU's fp32 peak over --threads cores, GFLOP/s (2 AVX2 cores at 2.45 GHz)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        return _worker(argv[1:])
+    args = build_parser().parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose among {', '.join(METHODS)}")
+    modalities = None
+    if "cocyclereg" in methods:
+        if args.model is None:
+            raise SystemExit(f"no --model given and no bundled model at {DEFAULT_MODEL}")
+        from cocyclereg.model_file import read_model_info
+
+        modalities = read_model_info(args.model).modalities
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    import SimpleITK as sitk
+    import torch
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    torch.set_num_threads(args.threads)
+    from cases import build_cases
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    cases = build_cases(
+        args.cases,
+        args.data,
+        args.output / "cases",
+        subject=args.subject,
+        deformations=args.deformations,
+        seed=args.seed,
+        spacing_mm=args.spacing,
+        control_spacing_mm=args.control_spacing,
+        max_displacement_mm=args.max_displacement,
+    )
+    rows = []
+    for case in cases:
+        for method in methods:
+            folder = args.output / case.name / method
+            run = run_method(method, case, folder, args, modalities)
+            metrics = evaluate_case(case, run.pop("transform"))
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            row = {"case": case.name, "direction": case.direction, "method": method}
+            rows.append({**row, "run": run, "metrics": metrics})
+            seconds = f", {run['pair_seconds']:.1f} s" if "pair_seconds" in run else ""
+            print(
+                f"{case.name:>16s} {method:>10s}: tissue Dice "
+                f"{metrics['tissue']['mean_dice']:.3f}, TRE {metrics['tre_mm']['mean']:.2f} mm, "
+                f"J<=0 {metrics['folding']['folding_percent']:.4f} %{seconds}",
+                flush=True,
+            )
+
+    size = "x".join(map(str, cases[0].size))
+    report = [
+        f"## Registration benchmark: {args.cases}, {len(cases)} cases ({size} voxels, "
+        f"{cases[0].spacing[0]:g} mm), {args.threads} threads",
+        "",
+        f"Model: {args.model}" if "cocyclereg" in methods else "",
+        "",
+        "### All cases",
+        "",
+    ]
+    summary = summarise(rows, methods)
+    report += [markdown_table(summary), ""]
+    directions = sorted({case.direction for case in cases}, key=lambda d: d)
+    per_direction = {}
+    for direction in directions:
+        per_direction[direction] = summarise(
+            [r for r in rows if r["direction"] == direction], methods
+        )
+        report += [f"### {direction}", "", markdown_table(per_direction[direction]), ""]
+    report += [
+        "s/pair: CoCycleReg's whole `cocyclereg register` process; Elastix and ANTs from reading "
+        "the inputs to the written outputs (their Python library import excluded, see process s).",
+        "",
+        "### Stage seconds (mean per pair, slowest first)",
+        "",
+        stage_table(rows),
+        "",
+    ]
+    network = None
+    if "cocyclereg" in methods:
+        runs = [r["run"] for r in rows if r["method"] == "cocyclereg"]
+        grid = runs[0]["model_grid"]["size"]
+        network = network_flops(args.model, grid, args.threads)
+        measured = _mean(run["stages"]["network"] for run in runs)
+        ideal = network["flops"] / (args.peak_gflops * 1e9)
+        network.update(
+            measured_seconds=measured,
+            ideal_seconds=ideal,
+            ratio=measured / ideal,
+            warm_ratio=network["warm_forward_seconds"] / ideal,
+            peak_gflops=args.peak_gflops,
+        )
+        peak = max(run["peak_rss_gb"] for run in runs)
+        report += [
+            "### Network pass against the CPU's peak",
+            "",
+            f"Model grid {'x'.join(map(str, grid))} voxels: {network['flops'] / 1e9:.1f} GFLOP "
+            f"per forward pass; ideal {ideal:.3f} s at {args.peak_gflops:g} GFLOP/s. Measured "
+            f"network stage {measured:.3f} s = **{network['ratio']:.1f}× ideal** (target ≤ "
+            f"{NETWORK_TARGET:g}×); warm in-process forward "
+            f"{network['warm_forward_seconds']:.3f} s = {network['warm_ratio']:.1f}× ideal.",
+            "",
+            "### Targets",
+            "",
+        ]
+        full = tuple(cases[0].size) == (240, 240, 155)
+        speed = summary["cocyclereg"].get("elastix_ratio")
+        checks = [
+            (
+                f"end to end ≥ {SPEED_TARGET:g}× faster than Elastix",
+                speed,
+                speed is not None and speed >= SPEED_TARGET,
+                f"{_cell(speed, 1, '×')}",
+            ),
+            (
+                f"network ≤ {NETWORK_TARGET:g}× FLOPs / peak",
+                network["ratio"],
+                network["ratio"] <= NETWORK_TARGET,
+                f"{network['ratio']:.1f}×",
+            ),
+            (
+                f"peak memory < {MEMORY_TARGET_GB:g} GB",
+                peak,
+                peak < MEMORY_TARGET_GB,
+                f"{peak:.2f} GB",
+            ),
+        ]
+        for name, value, passed, text in checks:
+            verdict = "n/a" if value is None else ("PASS" if passed else "FAIL")
+            report.append(f"- {name}: {text} → {verdict}")
+        if not full:
+            report.append(
+                f"- (these cases are {size} voxels, not the 240x240x155 pair the targets name)"
+            )
+        report.append("")
+    text = "\n".join(report)
+    print()
+    print(text)
+    (args.output / "results.md").write_text(text + "\n")
+    results = {
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "cases": [asdict(case) for case in cases],
+        "rows": rows,
+        "summary": summary,
+        "per_direction": per_direction,
+        "network": network,
+    }
+    (args.output / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"wrote {args.output / 'results.md'} and results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
