@@ -40,9 +40,20 @@ def jacobian_determinant_array(displacement_mm: np.ndarray, grid: Grid) -> np.nd
         stop = min(start + _SLAB, depth)
         low, high = max(start - 1, 0), min(stop + 1, depth)
         derivatives = _index_derivatives(displacement_mm[low:high])[start - low : stop - low]
-        jacobian = derivatives @ inverse + np.eye(3)
-        determinant[start:stop] = np.linalg.det(jacobian)
+        jacobian = np.einsum("...ab,bc->...ac", derivatives, inverse)
+        jacobian += np.eye(3)
+        determinant[start:stop] = _determinant_3x3(jacobian)
     return determinant
+
+
+def _determinant_3x3(m: np.ndarray) -> np.ndarray:
+    """Determinants of a stack ``(..., 3, 3)`` by cofactor expansion (exact formula; far
+    faster than a LAPACK factorisation per matrix)."""
+    return (
+        m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+        - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+        + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0])
+    )
 
 
 def jacobian_determinant(field: sitk.Image) -> sitk.Image:
