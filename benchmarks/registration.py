@@ -138,6 +138,7 @@ def _run_elastix(case: dict, output: Path, threads: int, grid_mm: float) -> dict
     itk.MultiThreaderBase.SetGlobalMaximumNumberOfThreads(threads)
     seconds["import"] = time.perf_counter() - started
 
+    os.chdir(output.resolve())  # transformix writes deformationField.nii into the working folder
     started = time.perf_counter()
     fixed = itk.imread(case["fixed"], itk.F)
     moving = itk.imread(case["moving"], itk.F)
@@ -582,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return _worker(argv[1:])
     args = build_parser().parse_args(argv)
+    args.output = args.output.resolve()  # workers run in their case folders
+    args.data = args.data.resolve()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
