@@ -110,3 +110,13 @@ def test_damaged_foreign_and_future_files(tmp_path):
 
     with pytest.raises(ModelFileError, match="not found"):
         load_model(tmp_path / "absent.cocyclereg")
+
+
+def test_a_saved_model_has_the_permissions_of_any_new_file(tmp_path):
+    import os
+
+    network = DualHeadUNet((8, 16, 16, 16, 16), (16, 16, 16, 16, 8, 8))
+    path = save_model(tmp_path / "m.cocyclereg", network, _info())
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(plain).st_mode & 0o777)

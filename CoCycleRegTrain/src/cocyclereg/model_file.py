@@ -119,6 +119,11 @@ def save_model(path: str | os.PathLike, network: DualHeadUNet, info: ModelInfo) 
     }
     with atomic_output(path) as temporary:
         save_file(weights, str(temporary), metadata={_METADATA_KEY: info.to_json()})
+        # safetensors creates the file owner-only (0600); give it the permissions of any file
+        # the user creates, so a model saved in a shared folder is readable there.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
     return Path(path)
 
 
