@@ -43,7 +43,7 @@ What it does, in order:
    AVX2 FMA cores at 2.45 GHz, 32 fp32 FLOP per cycle each).
 
 Outputs in ``--output``: ``cases/`` (cached inputs and ground truths), ``<case>/<method>/``
-(transform.nii.gz, warped image and labels, metrics.json, process log), ``results.json`` and
+(transform.h5 or .nii.gz, warped image and labels, metrics.json, process log), ``results.json`` and
 ``results.md``.
 
 Develop on a downsampled copy (``--spacing 2`` makes the T1/T2 pair 120x120x78) and run the full
@@ -291,7 +291,9 @@ def _modality_name(role: str, modalities: tuple[str, str], kind: str) -> str:
 def run_method(method: str, case, folder: Path, args, modalities) -> dict:
     """Register ``case`` with ``method`` into ``folder``; returns timing (and the transform)."""
     folder.mkdir(parents=True, exist_ok=True)
-    transform = folder / "transform.nii.gz"
+    # Each tool writes its field in its own usual format: CoCycleReg's default .h5 (ITK HDF5,
+    # uncompressed), Elastix's and ANTs' .nii.gz.
+    transform = folder / ("transform.h5" if method == "cocyclereg" else "transform.nii.gz")
     if method in ("identity", "truth"):
         return {"transform": case.ground_truth if method == "truth" else None}
     case_json = folder.parent / "case.json"
