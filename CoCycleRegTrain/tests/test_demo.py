@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,13 @@ def test_bundled_models_are_listed_with_their_card_titles_and_a_missing_one_is_c
     assert resources.bundled_model("brain-t1t2") == tmp_path / "brain-t1t2.cocyclereg"
     with pytest.raises(InputError, match=r"'ct-mri' is not installed .*brain-t1t2, other.*--model"):
         resources.bundled_model("ct-mri")
+    # --model takes a file or a bundled model's name; no value means the default model.
+    assert resources.resolve_model("other") == tmp_path / "other.cocyclereg"
+    assert resources.resolve_model(None) == tmp_path / "brain-t1t2.cocyclereg"
+    assert resources.resolve_model("mine.cocyclereg") == Path("mine.cocyclereg")
+    assert resources.resolve_model("runs/model") == Path("runs/model")
+    with pytest.raises(InputError, match="'typo' is not installed"):
+        resources.resolve_model("typo")
 
 
 def test_demo_pair_geometry_labels_and_size():

@@ -130,9 +130,9 @@ def _print_stage(stage: str) -> None:
 def _register(args: argparse.Namespace) -> int:
     from cocyclereg.errors import InputError
     from cocyclereg.register import register
-    from cocyclereg.resources import bundled_model
+    from cocyclereg.resources import resolve_model
 
-    model = args.model if args.model is not None else bundled_model()
+    model = resolve_model(args.model)
     labels, warped_labels = list(args.labels or []), list(args.warped_labels or [])
     if len(labels) != len(warped_labels):
         raise InputError("give one --warped-labels output for every --labels input")
@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the outputs, created if missing (default: ./cocyclereg-demo)",
     )
     demonstration.add_argument(
-        "--model", type=Path, help="model file (default: the bundled brain-t1t2 model)"
+        "--model",
+        type=Path,
+        help="model file or bundled model name (default: the bundled brain-t1t2 model)",
     )
     demonstration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demonstration.add_argument(
@@ -317,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     registration.add_argument(
         "--model",
         type=Path,
-        help="model file (.cocyclereg); default: the bundled brain T1/T2 MRI model (brain-t1t2)",
+        help="model file (.cocyclereg) or bundled model name (brain-t1t2, head-ct-mri); "
+        "default: the bundled brain T1/T2 MRI model (brain-t1t2)",
     )
     registration.add_argument("--moving-modality", help="model modality name of the moving image")
     registration.add_argument("--fixed-modality", help="model modality name of the fixed image")

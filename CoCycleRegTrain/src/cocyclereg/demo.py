@@ -24,7 +24,7 @@ from cocyclereg.evaluate import Evaluation, evaluate
 from cocyclereg.io import read_image, read_labels
 from cocyclereg.model_file import read_model_info
 from cocyclereg.register import RegistrationResult, register
-from cocyclereg.resources import bundled_model, demo_dir, list_bundled_models
+from cocyclereg.resources import demo_dir, list_bundled_models, resolve_model
 
 FIXED, MOVING = "fixed_t2.nii.gz", "moving_t1.nii.gz"
 LABELMAPS = ("tumor", "tissue")
@@ -135,7 +135,7 @@ def run_demo(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output must be a folder, but {output} is a file.")
-    model = Path(model) if model is not None else bundled_model()
+    model = resolve_model(model)
     _check_model(model)
     folder = demo_dir()
     fixed, moving = read_image(folder / FIXED), read_image(folder / MOVING)

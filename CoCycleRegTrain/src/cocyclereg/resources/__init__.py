@@ -60,3 +60,14 @@ def bundled_model(name: str = DEFAULT_MODEL) -> Path:
             f"{available}). Reinstall cocyclereg, or give a model file with --model."
         )
     return path
+
+
+def resolve_model(value: str | Path | None) -> Path:
+    """A ``--model`` value as a file: an existing path, else the name of a bundled model
+    (``head-ct-mri``), else the default bundled model when ``None``."""
+    if value is None:
+        return bundled_model()
+    path = Path(value)
+    if path.exists() or path.suffix == MODEL_SUFFIX or len(path.parts) > 1:
+        return path
+    return bundled_model(str(value))
