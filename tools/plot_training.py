@@ -4,8 +4,8 @@ Usage: python tools/plot_training.py RUN_FOLDER OUTPUT.png [--title TEXT]
 
 Reads ``losses.jsonl`` (one record per step) and ``validation.jsonl`` (one record per
 validation) that ``cocyclereg train`` writes, and draws: the loss terms (moving average over
-25 steps), validation Dice against the identity Dice, HD95 (mm), and the percent of voxels
-with J <= 0.
+25 steps), validation Dice against the identity Dice, the registration error against the
+known deformations (mm; HD95 for runs without one), and the percent of voxels with J <= 0.
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ def plot(run: Path, output: Path, title: str) -> None:
         axes[1].plot(at, [v["identity_dice"] for v in validation], "--", label="identity")
         axes[1].set(xlabel="step", ylabel="mean Dice", title="validation Dice (tissue labels)")
         axes[1].legend(fontsize=8)
-        axes[2].plot(at, [v["hd95"] for v in validation], "o-", label="HD95 registered (mm)")
-        axes[2].plot(at, [v["identity_hd95"] for v in validation], "--", label="HD95 identity")
+        error = "tre" if "tre" in validation[0] else "hd95"
+        name = "registration error" if error == "tre" else "HD95"
+        axes[2].plot(at, [v[error] for v in validation], "o-", label=f"{name} registered")
+        axes[2].plot(at, [v[f"identity_{error}"] for v in validation], "--", label="identity")
         folding = axes[2].twinx()
         folding.plot(at, [v["folding_percent"] for v in validation], "r:", label="% J <= 0")
         folding.set_ylabel("% voxels with J <= 0", color="r")
-        axes[2].set(xlabel="step", ylabel="HD95 (mm)", title="validation HD95 and folding")
+        axes[2].set(xlabel="step", ylabel=f"{name} (mm)", title=f"validation {name} and folding")
         axes[2].legend(fontsize=8, loc="upper left")
     figure.suptitle(title)
     figure.tight_layout()
