@@ -241,8 +241,15 @@ def test_distributed_gradients_match_a_single_process(pair_csv, tmp_path):
         ):
             assert actual[name].norm() < 1e-4, name
             continue
+        # float32 sums over a batch of 2 and over two all-reduced batches of 1 differ in order;
+        # the 7x7x7 stem convolutions cancel most of their terms, so allow 1 % per tensor.
+        # A DDP fault (no all-reduce, sum instead of mean) is off by 50-100 %.
         error = (actual[name] - gradient).norm().item()
-        assert error <= 1e-3 * gradient.norm().item() + 1e-7, (name, error)
+        assert error <= 1e-2 * gradient.norm().item() + 1e-7, (name, error)
+    every_expected = torch.cat([g.flatten() for g in expected.values()])
+    every_actual = torch.cat([actual[name].flatten() for name in expected])
+    overall = (every_actual - every_expected).norm() / every_expected.norm()
+    assert overall < 1e-3, overall
     registration = [g for name, g in expected.items() if name.startswith("registration.head")]
     assert all(g.norm() > 1e-3 for g in registration)
 
