@@ -306,7 +306,7 @@ def run_method(method: str, case, folder: Path, args, modalities) -> dict:
             "--moving-modality", _modality_name(case.moving_role, modalities, case.kind),
             "--fixed-modality", _modality_name(case.fixed_role, modalities, case.kind),
             "--transform", str(transform), "--warped", str(folder / "warped.nii.gz"),
-            "--summary", str(summary), "--device", "cpu",
+            "--summary", str(summary), "--device", "cpu", *args.register_options.split(),
         ]  # fmt: skip
         for source, target in _label_inputs(asdict(case), folder):
             command += ["--labels", source, "--warped-labels", str(target)]
@@ -554,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("runs/benchmark-registration"), help="output folder"
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for every method")
+    parser.add_argument(
+        "--register-options",
+        default="",
+        help='extra options for `cocyclereg register`, e.g. "--no-affine" or '
+        '"--prealignment affine"',
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument(
         "--spacing",
