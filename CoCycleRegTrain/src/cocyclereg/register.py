@@ -86,17 +86,13 @@ def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     sigma = np.maximum(np.sqrt(np.maximum(new_spacing**2 - old_spacing**2, 0.0)) / 2.0, 1e-3)
     smoothed = sitk.SmoothingRecursiveGaussian(image, [float(x) for x in sigma])
     size = np.ceil(np.array(image.GetSize()) * old_spacing / new_spacing).astype(int)
-    return sitk.Resample(
-        smoothed,
-        [int(x) for x in size],
-        sitk.Transform(3, sitk.sitkIdentity),
-        sitk.sitkLinear,
+    coarse = Grid(
+        tuple(int(x) for x in size),
+        tuple(float(x) for x in new_spacing),
         image.GetOrigin(),
-        [float(x) for x in new_spacing],
         image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
     )
+    return resample_to_grid(smoothed, coarse, "linear", default_value=0.0)
 
 
 def affine_prealignment(
