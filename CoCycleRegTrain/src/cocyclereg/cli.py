@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from cocyclereg import __version__
 from cocyclereg.displacement import displacement_transform, read_displacement_field
 from cocyclereg.errors import CoCycleRegError
 from cocyclereg.grid import Grid
-from cocyclereg.io import atomic_output, atomic_outputs, read_image, read_labels, write_image
+from cocyclereg.io import atomic_output, read_image, read_labels, write_image
 from cocyclereg.jacobian import folding_stats, jacobian_determinant
+from cocyclereg.outputs import registration_summary, write_registration_outputs
 from cocyclereg.resample import resample_to_grid
 
 DESCRIPTION = """\
@@ -52,70 +52,6 @@ def _jacobian(args: argparse.Namespace) -> int:
         with atomic_output(args.summary) as temporary:
             temporary.write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
     return 0
-
-
-def registration_summary(result, fixed, moving, model) -> dict:
-    """The JSON summary of a registration: inputs, model, device, seconds, folding, grids."""
-    return {
-        "fixed": str(fixed),
-        "moving": str(moving),
-        "model": str(model),
-        "modalities": {"x": result.model.x_modality, "y": result.model.y_modality},
-        "model_provenance": {
-            k: result.model.provenance.get(k) for k in ("cocyclereg_version", "exported", "steps")
-        },
-        "device": result.device,
-        "seconds": result.seconds,
-        "folding": result.folding.as_dict(),
-        "model_grid": {
-            "size": list(result.model_grid.size),
-            "spacing": list(result.model_grid.spacing),
-        },
-        "affine": list(result.affine.GetParameters()) if result.affine is not None else None,
-    }
-
-
-def write_registration_outputs(
-    result,
-    transform: Path,
-    *,
-    inverse_transform: Path | None = None,
-    warped: Path | None = None,
-    jacobian: Path | None = None,
-    warped_labels: Sequence[Path] = (),
-    extra: Sequence[tuple[Path, Callable[[Path], object]]] = (),
-) -> list[Path]:
-    """Write the outputs of a :class:`~cocyclereg.register.RegistrationResult`, all together or
-    none: each goes to a temporary name beside its target, and all are renamed only when every
-    one is complete. Returns the paths written, in the order given.
-
-    ``warped_labels`` matches ``result.warped_labels``. ``extra`` holds ``(path, write)`` pairs
-    for further files (summary, figure): ``write(temporary_path)`` writes one; they run after
-    the images, when ``result.seconds["write"]`` holds the seconds the images took.
-    """
-    from cocyclereg.displacement import write_displacement_transform
-
-    started = time.perf_counter()
-    images = [
-        (result.warped, warped),
-        (result.jacobian, jacobian),
-        *zip(result.warped_labels, warped_labels, strict=True),
-    ]
-    written = [transform]
-    with atomic_outputs() as temporary:
-        write_displacement_transform(result.transform, temporary(transform))
-        if inverse_transform is not None:
-            write_displacement_transform(result.inverse_transform, temporary(inverse_transform))
-            written.append(inverse_transform)
-        for image, path in images:
-            if path is not None:
-                write_image(image, temporary(path))
-                written.append(path)
-        result.seconds["write"] = time.perf_counter() - started
-        for path, write in extra:
-            write(temporary(path))
-            written.append(path)
-    return written
 
 
 def _write_json(document: dict) -> Callable[[Path], object]:

@@ -23,6 +23,7 @@ from cocyclereg.errors import InputError
 from cocyclereg.evaluate import Evaluation, evaluate
 from cocyclereg.io import read_image, read_labels
 from cocyclereg.model_file import read_model_info
+from cocyclereg.outputs import registration_summary, write_registration_outputs
 from cocyclereg.register import RegistrationResult, register
 from cocyclereg.resources import demo_dir, list_bundled_models, resolve_model
 
@@ -57,8 +58,6 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        from cocyclereg.cli import registration_summary
-
         folder = demo_dir()
         document = registration_summary(
             self.registration, folder / FIXED, folder / MOVING, self.model
@@ -130,8 +129,6 @@ def run_demo(
     ``model`` defaults to the bundled ``brain-t1t2`` model. Existing files of the same names in
     ``output`` are replaced, all together, only once every new one is complete.
     """
-    from cocyclereg.cli import write_registration_outputs
-
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output must be a folder, but {output} is a file.")

@@ -1,0 +1,76 @@
+"""Writing a registration's results: every output file together or none, and its JSON summary.
+
+Shared by ``cocyclereg register`` and ``cocyclereg demo`` (and any script that calls
+:func:`cocyclereg.register.register`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cocyclereg.displacement import write_displacement_transform
+from cocyclereg.io import atomic_outputs, write_image
+
+
+def registration_summary(result, fixed, moving, model) -> dict:
+    """The JSON summary of a registration: inputs, model, device, seconds, folding, grids."""
+    return {
+        "fixed": str(fixed),
+        "moving": str(moving),
+        "model": str(model),
+        "modalities": {"x": result.model.x_modality, "y": result.model.y_modality},
+        "model_provenance": {
+            k: result.model.provenance.get(k) for k in ("cocyclereg_version", "exported", "steps")
+        },
+        "device": result.device,
+        "seconds": result.seconds,
+        "folding": result.folding.as_dict(),
+        "model_grid": {
+            "size": list(result.model_grid.size),
+            "spacing": list(result.model_grid.spacing),
+        },
+        "affine": list(result.affine.GetParameters()) if result.affine is not None else None,
+    }
+
+
+def write_registration_outputs(
+    result,
+    transform: Path,
+    *,
+    inverse_transform: Path | None = None,
+    warped: Path | None = None,
+    jacobian: Path | None = None,
+    warped_labels: Sequence[Path] = (),
+    extra: Sequence[tuple[Path, Callable[[Path], object]]] = (),
+) -> list[Path]:
+    """Write the outputs of a :class:`~cocyclereg.register.RegistrationResult`, all together or
+    none: each goes to a temporary name beside its target, and all are renamed only when every
+    one is complete. Returns the paths written, in the order given.
+
+    ``warped_labels`` matches ``result.warped_labels``. ``extra`` holds ``(path, write)`` pairs
+    for further files (summary, figure): ``write(temporary_path)`` writes one; they run after
+    the images, when ``result.seconds["write"]`` holds the seconds the images took.
+    """
+    started = time.perf_counter()
+    images = [
+        (result.warped, warped),
+        (result.jacobian, jacobian),
+        *zip(result.warped_labels, warped_labels, strict=True),
+    ]
+    written = [transform]
+    with atomic_outputs() as temporary:
+        write_displacement_transform(result.transform, temporary(transform))
+        if inverse_transform is not None:
+            write_displacement_transform(result.inverse_transform, temporary(inverse_transform))
+            written.append(inverse_transform)
+        for image, path in images:
+            if path is not None:
+                write_image(image, temporary(path))
+                written.append(path)
+        result.seconds["write"] = time.perf_counter() - started
+        for path, write in extra:
+            write(temporary(path))
+            written.append(path)
+    return written
