@@ -167,6 +167,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--model",
+        type=Path,
+        help="model file (.cocyclereg) or bundled model name (brain-t1t2, head-ct-mri); "
+        "default: the bundled brain T1/T2 MRI model (brain-t1t2)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cocyclereg",
@@ -194,11 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("cocyclereg-demo"),
         help="folder for the outputs, created if missing (default: ./cocyclereg-demo)",
     )
-    demonstration.add_argument(
-        "--model",
-        type=Path,
-        help="model file or bundled model name (default: the bundled brain-t1t2 model)",
-    )
+    _add_model_argument(demonstration)
     demonstration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demonstration.add_argument(
         "--no-figure",
@@ -252,12 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     registration.add_argument("--fixed", required=True, type=Path, help="fixed (reference) image")
     registration.add_argument("--moving", required=True, type=Path, help="moving image")
-    registration.add_argument(
-        "--model",
-        type=Path,
-        help="model file (.cocyclereg) or bundled model name (brain-t1t2, head-ct-mri); "
-        "default: the bundled brain T1/T2 MRI model (brain-t1t2)",
-    )
+    _add_model_argument(registration)
     registration.add_argument("--moving-modality", help="model modality name of the moving image")
     registration.add_argument("--fixed-modality", help="model modality name of the fixed image")
     registration.add_argument(
