@@ -134,8 +134,8 @@ def nifti_non_finite_count(path: str | os.PathLike) -> int | None:
 
 def _refuse_non_finite(image: sitk.Image, path: str | os.PathLike) -> None:
     """:class:`InputError` naming ``path`` and the count if it holds NaN or infinite voxels."""
-    bad = nifti_non_finite_count(path)
-    if not bad and image.GetPixelID() not in _INTEGER_PIXEL_IDS:
+    bad = nifti_non_finite_count(path)  # None: not NIfTI, so ITK kept any NaN in the image
+    if bad is None and image.GetPixelID() not in _INTEGER_PIXEL_IDS:
         array = sitk.GetArrayViewFromImage(image)
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if bad:
@@ -169,7 +169,7 @@ def read_labels(path: str | os.PathLike) -> sitk.Image:
     if image.GetPixelID() in _INTEGER_PIXEL_IDS:
         return image
     array = sitk.GetArrayFromImage(image)
-    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+    if not np.array_equal(array, np.round(array)):  # finite: _refuse_non_finite checked
         raise InputError(f"{path} is not a labelmap: it holds non-integer values.")
     low, high = (array.min(), array.max()) if array.size else (0, 0)
     for dtype in (np.uint8, np.int16, np.uint16, np.int32):
