@@ -26,10 +26,11 @@ What it does, in order:
    * ``truth`` (not run by default): the ground-truth field itself; its Dice is the ceiling set
      by nearest-neighbour resampling of the labels, a check of the case construction.
 
-   Peer times exclude their Python library import (``import itk`` takes 2-17 s here, which the
-   elastix and ANTs command-line programs do not pay); CoCycleReg's time includes everything,
-   interpreter start-up and ``import torch`` too. Whole-process times of all three are in the
-   table ("process s") and the results JSON.
+   Two times per method, both in the table and the results JSON: "load→written s", from
+   reading the inputs to the last output written (the issue's "end to end"; CoCycleReg's is
+   the sum of its summary's stages, the peers' excludes their Python library import, which
+   the elastix and ANTs command-line programs do not pay), and "process s", the whole process
+   (interpreter start-up, ``import torch``/``import itk``, everything).
 3. Evaluates every method through one code path: its transform (a displacement field on the
    fixed grid, fixed points -> moving points) warps the moving tissue and tumour labels
    (nearest neighbour) -> Dice per label and mean, HD95 (mm), percent of fixed-grid voxels with
@@ -77,7 +78,8 @@ DEFAULT_MODEL = (
 DEFAULT_DATA = Path(os.environ.get("COCYCLEREG_DATA", REPOSITORY.parent / "shared" / "data"))
 METHODS = ("cocyclereg", "elastix", "ants", "identity", "truth")
 TIMED = ("cocyclereg", "elastix", "ants")
-SPEED_TARGET = 20.0  # end-to-end, times faster than Elastix
+SPEED_TARGET = 20.0  # load to written files, times faster than Elastix
+PROCESS_SPEED_TARGET = 10.0  # whole process (start-up and imports included), times faster
 NETWORK_TARGET = 2.0  # measured network seconds / ideal seconds
 MEMORY_TARGET_GB = 4.0
 
@@ -92,8 +94,9 @@ examples:
   # CT<->MRI on the MNI templates with a CT/MRI model
   python benchmarks/registration.py --model ct.cocyclereg --cases ct-mri
 
-Targets checked on the full T1/T2 pair: cocyclereg end to end >= 20x faster than Elastix, the
-network pass within 2x of FLOPs / peak FLOP rate, peak memory < 4 GB.
+Targets checked on the full T1/T2 pair: cocyclereg end to end (load to written files) >= 20x
+faster than Elastix, its whole process >= 10x faster than Elastix's, the network pass within 2x
+of FLOPs / peak FLOP rate, peak memory < 4 GB.
 """
 
 
@@ -326,7 +329,7 @@ def run_method(method: str, case, folder: Path, args, modalities) -> dict:
         run["stages"] = dict(summary["seconds"])
         run["stages"]["start-up + imports"] = run["seconds"] - sum(summary["seconds"].values())
         run["model_grid"] = summary["model_grid"]
-        run["pair_seconds"] = run["seconds"]  # everything, start-up included
+        run["pair_seconds"] = sum(summary["seconds"].values())  # load -> written
     else:
         stages = json.loads((folder / "timing.json").read_text())
         run["stages"] = stages
@@ -481,8 +484,9 @@ def _cell(value, digits: int = 3, suffix: str = "") -> str:
 def markdown_table(summary: dict) -> str:
     lines = [
         "| method | tissue Dice | tumour Dice | tissue HD95 mm | tumour HD95 mm | % J≤0 "
-        "| TRE mean mm | TRE p95 mm | s/pair | Elastix s / s | process s | peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TRE mean mm | TRE p95 mm | load→written s | Elastix ÷ | process s | Elastix ÷ "
+        "| peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, e in summary.items():
         lines.append(
@@ -491,6 +495,7 @@ def markdown_table(summary: dict) -> str:
             f"| {_cell(e['folding_percent'], 4)} | {_cell(e['tre_mean_mm'], 2)} "
             f"| {_cell(e['tre_p95_mm'], 2)} | {_cell(e.get('seconds'), 1)} "
             f"| {_cell(e.get('elastix_ratio'), 1, '×')} | {_cell(e.get('process_seconds'), 1)} "
+            f"| {_cell(e.get('elastix_process_ratio'), 1, '×')} "
             f"| {_cell(e.get('peak_rss_gb'), 2)} |"
         )
     return "\n".join(lines)
@@ -661,8 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         report += [f"### {direction}", "", markdown_table(per_direction[direction]), ""]
     report += [
-        "s/pair: CoCycleReg's whole `cocyclereg register` process; Elastix and ANTs from reading "
-        "the inputs to the written outputs (their Python library import excluded, see process s).",
+        "load→written s: from reading the inputs to the last written output (CoCycleReg: the sum "
+        "of its stages; Elastix and ANTs: their Python library import excluded). process s: the "
+        "whole process, interpreter start-up and imports included. Elastix ÷: Elastix's time "
+        "divided by the method's, for each of the two.",
         "",
         "### Stage seconds (mean per pair, slowest first)",
         "",
@@ -698,12 +705,19 @@ def main(argv: list[str] | None = None) -> int:
         ]
         full = tuple(cases[0].size) == (240, 240, 155)
         speed = summary["cocyclereg"].get("elastix_ratio")
+        process_speed = summary["cocyclereg"].get("elastix_process_ratio")
         checks = [
             (
-                f"end to end ≥ {SPEED_TARGET:g}× faster than Elastix",
+                f"end to end (load to written files) ≥ {SPEED_TARGET:g}× faster than Elastix",
                 speed,
                 speed is not None and speed >= SPEED_TARGET,
                 f"{_cell(speed, 1, '×')}",
+            ),
+            (
+                f"whole process ≥ {PROCESS_SPEED_TARGET:g}× faster than Elastix's",
+                process_speed,
+                process_speed is not None and process_speed >= PROCESS_SPEED_TARGET,
+                f"{_cell(process_speed, 1, '×')}",
             ),
             (
                 f"network ≤ {NETWORK_TARGET:g}× FLOPs / peak",

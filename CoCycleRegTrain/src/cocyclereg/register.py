@@ -72,12 +72,12 @@ AFFINE_SPACING_MM = 3.0
 
 def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """``image`` as float32 with voxels of about ``spacing_mm``: block averages of an integer
-    number of voxels per axis (``floor(spacing_mm / spacing)``, at least 1; the average is the
+    number of voxels per axis (``spacing_mm / spacing`` rounded, at least 1; the average is the
     anti-aliasing; same direction, origin moved to the first block's centre), intensities
     clipped to the 0.5-99.5th percentiles of its non-zero voxels so a long bright tail (T2,
     CT bone) does not starve the MI histogram."""
     image = sitk.Cast(image, sitk.sitkFloat32)
-    factors = [max(1, int(spacing_mm / s + 1e-6)) for s in image.GetSpacing()]
+    factors = [max(1, int(spacing_mm / s + 0.5)) for s in image.GetSpacing()]
     if any(f > 1 for f in factors):
         image = sitk.BinShrink(image, factors)
     values = sitk.GetArrayViewFromImage(image)
