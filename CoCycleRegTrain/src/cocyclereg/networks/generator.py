@@ -60,7 +60,10 @@ class ResnetGenerator(nn.Module):
         padding: padding of the stem, blocks and output conv: "replicate" (published),
             "reflect" or "zeros".
         dropout: dropout probability inside residual blocks (published 0.5).
-        activation_checkpointing: recompute residual-block activations in the backward pass.
+        activation_checkpointing: keep only each segment's input (stem and downsamplings,
+            every residual block, upsamplings and output conv) and recompute the segment's
+            activations in the backward pass: full-resolution activations are the bulk of
+            training memory; costs about one more forward pass.
     """
 
     def __init__(
@@ -113,10 +116,19 @@ class ResnetGenerator(nn.Module):
         self.head = nn.Sequential(_PADDING[padding](3), nn.Conv3d(ngf, 1, kernel_size=7), nn.Tanh())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.down(self.stem(image))
-        for block in self.blocks:
+        segments = [self._encode, *self.blocks, self._decode]
+        x = image
+        for segment in segments:
             if self.activation_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(segment, x, use_reentrant=False)
             else:
-                x = block(x)
-        return self.head(self.up(x))
+                x = segment(x)
+        return x
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Stem and downsamplings: ``(N, 1, D, H, W)`` -> ``(N, 4 ngf, D/4, H/4, W/4)``."""
+        return self.down(self.stem(image))
+
+    def _decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Upsamplings and output conv: ``(N, 4 ngf, D/4, H/4, W/4)`` -> ``(N, 1, D, H, W)``."""
+        return self.head(self.up(features))
