@@ -31,6 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from cocyclereg.config import NormalizationConfig
+from cocyclereg.device import resolve_device
 from cocyclereg.displacement import (
     displacement_field_image,
     displacement_transform,
@@ -45,7 +46,6 @@ from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.normalize import normalize
 from cocyclereg.resample import resample_to_grid
-from cocyclereg.training import resolve_device
 
 LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -36,8 +36,9 @@ from tqdm import tqdm
 from cocyclereg import __version__, losses
 from cocyclereg.config import Config, ConfigError, config_from_dict
 from cocyclereg.data import PairedVolumes, load_cases
+from cocyclereg.device import resolve_device
 from cocyclereg.displacement import voxel_flow_to_displacement_mm
-from cocyclereg.errors import CoCycleRegError, InputError
+from cocyclereg.errors import CoCycleRegError
 from cocyclereg.grid import Grid
 from cocyclereg.io import atomic_output
 from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
@@ -47,15 +48,6 @@ from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
 from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
 
 CHECKPOINT_FORMAT = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. Asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA device is available; use --device cpu.")
-    return torch.device(name)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
