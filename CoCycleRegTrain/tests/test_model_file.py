@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cocyclereg.config import Refinement
 from cocyclereg.model_file import (
     FORMAT_VERSION,
     ModelFileError,
@@ -39,6 +41,7 @@ def _info() -> ModelInfo:
         },
         provenance={"steps": 12},
         validation={"dice": 0.8},
+        refinement=Refinement(steps=9, smoothness=2.0, learning_rate=0.1),
     )
 
 
@@ -90,6 +93,7 @@ def test_damaged_foreign_and_future_files(tmp_path):
     with pytest.raises(ModelFileError):
         load_model(truncated)
 
+    from safetensors.torch import load_file as safetensors_load
     from safetensors.torch import save_file
 
     foreign = tmp_path / "foreign.safetensors"
@@ -102,6 +106,25 @@ def test_damaged_foreign_and_future_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(future), metadata={"cocyclereg": text})
     with pytest.raises(ModelFileError, match="version 99"):
         load_model(future)
+
+    bad_refinement = tmp_path / "bad-refinement.cocyclereg"
+    text = _info().to_json().replace('"steps": 9', '"steps": -9')
+    save_file({"w": torch.zeros(2)}, str(bad_refinement), metadata={"cocyclereg": text})
+    with pytest.raises(ModelFileError, match="damaged"):
+        load_model(bad_refinement)
+
+    older = tmp_path / "older.cocyclereg"  # written before refinement existed: none
+    document = json.loads(_info().to_json())
+    del document["refinement"]
+    save_model(older, DualHeadUNet((8, 16, 16, 16, 16), (16, 16, 16, 16, 8, 8)), _info())
+    _, stored = load_model(older)
+    assert stored.refinement.steps == 9
+    save_file(
+        safetensors_load(older),
+        str(older),
+        metadata={"cocyclereg": json.dumps(document)},
+    )
+    assert read_model_info(older).refinement == Refinement()
 
     mismatched = tmp_path / "mismatched.cocyclereg"
     save_model(mismatched, DualHeadUNet(), _info())  # weights of another architecture

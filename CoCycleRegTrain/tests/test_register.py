@@ -228,7 +228,10 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
     import json
 
     summary = json.loads((out / "s.json").read_text())
-    assert set(summary["seconds"]) == {"load", "affine", "preprocess", "network", "output", "write"}
+    assert set(summary["seconds"]) == {
+        *("load", "affine", "preprocess", "network", "refine", "output", "write")
+    }
+    assert summary["refinement"]["steps"] == 0  # the model recommends none
     assert summary["device"] == "cpu" and summary["folding"]["total_voxels"] == int(
         np.prod(fixed_grid.size)
     )

@@ -174,6 +174,8 @@ def test_an_existing_run_is_never_overwritten(pair_csv, tmp_path):
                 "Brain T1-T2",
                 "--intended-use",
                 "research",
+                "--refine-steps",
+                "12",
             ]
         )
         == 0
@@ -184,6 +186,8 @@ def test_an_existing_run_is_never_overwritten(pair_csv, tmp_path):
         assert torch.equal(a, b)
     assert info.provenance["steps"] == 1
     assert (info.provenance["name"], info.provenance["intended_use"]) == ("Brain T1-T2", "research")
+    assert info.refinement.steps == 12
+    assert load_model(run / "model.cocyclereg")[1].refinement.steps == 0  # training's own export
     before = (run / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(CoCycleRegError, match="--resume"):
         Trainer(config)

@@ -210,6 +210,40 @@ class TrainConfig:
     init_registration: str = ""
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """Instance optimisation at inference (:mod:`cocyclereg.refine`; a model file records the
+    recommended one): ``steps`` Adam steps (0: the network's field as it is), the weight of the
+    diffusion regulariser against the MIND-SSC term, and Adam's learning rate (voxels/step)."""
+
+    steps: int = 0
+    smoothness: float = 1.0
+    learning_rate: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ValueError(f"refinement steps must be a whole number >= 0, got {self.steps!r}")
+        if not self.smoothness >= 0:
+            raise ValueError(f"refinement smoothness must be >= 0, got {self.smoothness!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"refinement learning rate must be > 0, got {self.learning_rate!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Refinement:
+        """From a model file's ``refinement`` entry; missing fields take the defaults."""
+        unknown = set(values) - {"steps", "smoothness", "learning_rate"}
+        if unknown:
+            raise ValueError(f"unknown refinement settings {sorted(unknown)}")
+        return cls(
+            steps=int(values.get("steps", 0)),
+            smoothness=float(values.get("smoothness", cls.smoothness)),
+            learning_rate=float(values.get("learning_rate", cls.learning_rate)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -11,6 +11,8 @@ and raw tensor bytes. Loading parses JSON and copies numbers; nothing in the fil
   image's own axes).
 * ``normalization``: ``{"x": {...}, "y": {...}}`` as :class:`cocyclereg.config.NormalizationConfig`.
 * ``architecture``: the :class:`cocyclereg.config.RegistrationNetConfig` fields.
+* ``refinement`` (optional): the recommended instance optimisation at inference,
+  :class:`cocyclereg.refine.Refinement` fields; absent: none.
 * ``provenance`` and ``validation``: free-form JSON (training config, steps, data, metrics).
 """
 
@@ -26,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cocyclereg.config import Refinement
 from cocyclereg.errors import InputError
 from cocyclereg.io import atomic_output
 from cocyclereg.networks import DualHeadUNet
@@ -55,6 +58,7 @@ class ModelInfo:
     size_multiple: int = SIZE_MULTIPLE
     provenance: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    refinement: Refinement = field(default_factory=Refinement)
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -76,6 +80,7 @@ class ModelInfo:
                 "architecture": self.architecture,
                 "provenance": self.provenance,
                 "validation": self.validation,
+                "refinement": self.refinement.as_dict(),
             },
             sort_keys=True,
         )
@@ -105,6 +110,7 @@ class ModelInfo:
                 architecture=dict(document["architecture"]),
                 provenance=dict(document.get("provenance", {})),
                 validation=dict(document.get("validation", {})),
+                refinement=Refinement.from_dict(dict(document.get("refinement", {}))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ModelFileError):

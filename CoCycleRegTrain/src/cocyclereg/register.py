@@ -9,7 +9,9 @@ Stages (each timed):
    sides a multiple of 16, around the fixed foreground); the fixed image, and the moving image
    through ``A``, resampled onto it and normalised as the model file records.
 3. ``network``: one pass of R gives both fields (voxels on the model grid).
-4. ``output``: the forward transform ``T(p) = A(p + u(p))`` sampled on the fixed image's own
+4. ``refine``: optional instance optimisation of the fields on this pair
+   (:mod:`cocyclereg.refine`; the model file recommends the number of steps).
+5. ``output``: the forward transform ``T(p) = A(p + u(p))`` sampled on the fixed image's own
    grid, the inverse ``T^-1(m) = q + v(q)`` with ``q = A^-1(m)`` sampled on the moving image's
    grid, the warped moving image and labelmaps, and ``det(I + grad(T - id))`` on the fixed grid.
 
@@ -23,14 +25,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from cocyclereg.config import NormalizationConfig
+from cocyclereg.config import NormalizationConfig, Refinement
 from cocyclereg.device import resolve_device
 from cocyclereg.displacement import (
     displacement_field_image,
@@ -45,6 +47,7 @@ from cocyclereg.jacobian import FoldingStats, folding_stats, jacobian_determinan
 from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.normalize import normalize
+from cocyclereg.refine import refine_flow
 from cocyclereg.resample import resample_to_grid
 
 LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -64,6 +67,7 @@ class RegistrationResult:
     model_grid: Grid
     model: ModelInfo
     device: str
+    refinement: Refinement = field(default_factory=Refinement)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -231,6 +235,33 @@ def _normalization_fields(settings: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known}
 
 
+def _refine(flow, source, target, steps, smooth, lr):
+    import os
+
+    import torch.nn.functional as F
+
+    from cocyclereg.losses import mind_ssc, smoothness
+    from cocyclereg.spatial_transformer import SpatialTransformer
+
+    factor = int(os.environ.get("REFINE_FACTOR", "2"))
+    warp = SpatialTransformer()
+    with torch.no_grad():
+        target_descriptor = F.avg_pool3d(mind_ssc(target), factor)
+        source_descriptor = F.avg_pool3d(mind_ssc(source), factor)
+        coarse_flow = F.avg_pool3d(flow, factor) / factor
+    delta = torch.zeros_like(coarse_flow, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        total = coarse_flow + delta
+        loss = (warp(source_descriptor, total) - target_descriptor).square().mean()
+        loss = loss + smooth * smoothness(total)
+        loss.backward()
+        optimiser.step()
+    correction = F.interpolate(delta.detach() * factor, size=flow.shape[2:], mode="trilinear")
+    return flow + correction
+
+
 def register(
     fixed: sitk.Image | str | Path,
     moving: sitk.Image | str | Path,
@@ -245,6 +276,7 @@ def register(
     warp_moving: bool = True,
     inverse: bool = True,
     progress: Callable[[str], None] | None = None,
+    refine_steps: int | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -261,7 +293,10 @@ def register(
         warp_moving: also return the moving image resampled onto the fixed grid.
         inverse: also return the inverse transform (the second head) on the moving grid.
         progress: called with each stage's name (``load``, ``affine``, ``preprocess``,
-            ``network``, ``output``) as it starts.
+            ``network``, ``refine``, ``output``) as it starts.
+        refine_steps: Adam steps of instance optimisation after the network
+            (:mod:`cocyclereg.refine`); ``None``: the model file's recommendation; 0: the
+            network's fields as they are. The inverse field is refined only if ``inverse``.
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
@@ -317,9 +352,20 @@ def register(
             forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
         else:
             inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
-        forward_flow = forward_flow[0].double().cpu().numpy()
-        inverse_flow = inverse_flow[0].double().cpu().numpy()
     seconds["network"] = time.perf_counter() - started
+
+    refinement = (
+        info.refinement if refine_steps is None else replace(info.refinement, steps=refine_steps)
+    )
+    if refinement.steps:
+        report("refine")
+    started = time.perf_counter()
+    forward_flow = refine_flow(forward_flow, moving_tensor, fixed_tensor, refinement)
+    if inverse:
+        inverse_flow = refine_flow(inverse_flow, fixed_tensor, moving_tensor, refinement)
+    forward_flow = forward_flow[0].double().cpu().numpy()
+    inverse_flow = inverse_flow[0].double().cpu().numpy()
+    seconds["refine"] = time.perf_counter() - started
 
     report("output")
     started = time.perf_counter()
@@ -362,5 +408,6 @@ def register(
         model_grid=grid,
         model=info,
         device=str(torch_device),
+        refinement=refinement,
         seconds=seconds,
     )

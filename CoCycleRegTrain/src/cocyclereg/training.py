@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from cocyclereg import __version__, losses
-from cocyclereg.config import Config, ConfigError, config_from_dict
+from cocyclereg.config import Config, ConfigError, Refinement, config_from_dict
 from cocyclereg.data import PairedVolumes, load_cases
 from cocyclereg.device import resolve_device
 from cocyclereg.displacement import voxel_flow_to_displacement_mm
@@ -544,12 +544,17 @@ def model_info(config: Config, provenance: dict[str, Any], validation: dict[str,
 
 
 def export_checkpoint(
-    run: str | Path, output: str | Path, name: str = "", intended_use: str = ""
+    run: str | Path,
+    output: str | Path,
+    name: str = "",
+    intended_use: str = "",
+    refinement: Refinement | None = None,
 ) -> Path:
     """Export the model of a run folder: best.pt's R if validated, else last.pt's.
 
     ``name`` and ``intended_use`` go into the provenance, where model pickers (the Slicer
-    module) show them."""
+    module) show them; ``refinement`` is the instance optimisation recommended at inference
+    (default none)."""
     run = Path(run)
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
@@ -577,6 +582,8 @@ def export_checkpoint(
         },
         {"best": best, "identity": json.loads(state["identity"])},
     )
+    if refinement is not None:
+        info = replace(info, refinement=refinement)
     return save_model(output, registration, info)
 
 
