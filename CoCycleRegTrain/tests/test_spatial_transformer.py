@@ -61,6 +61,24 @@ def test_nearest_label_warp_never_invents_labels():
     assert agreement > 0.999  # ties at exactly .5 may round either way
 
 
+def test_sampling_at_a_mask_matches_scipy_there():
+    volume, flow = smooth_volume(GRID), smooth_flow(GRID, max_voxels=4.0)
+    mask = np.random.default_rng(0).random(GRID.shape) < 0.3
+    channels = np.stack([volume, volume**2])
+    flow_tensor = _tensor(flow)[None].requires_grad_()
+    ours = SpatialTransformer().at(_tensor(channels)[None], flow_tensor, torch.from_numpy(mask))
+    positions = np.indices(GRID.shape, dtype=float) + flow
+    clamped = np.stack([np.clip(positions[a], 0, n - 1) for a, n in enumerate(GRID.shape)])
+    for channel in range(2):
+        expected = map_coordinates(channels[channel], clamped, order=1)[mask]
+        np.testing.assert_allclose(ours[0, channel].detach().numpy(), expected, atol=1e-12)
+    ours.sum().backward()
+    gradient_voxels = flow_tensor.grad.abs().sum(dim=(0, 1)).numpy() > 0
+    assert np.array_equal(gradient_voxels, mask & gradient_voxels) and gradient_voxels.any()
+    with pytest.raises(ValueError, match="boolean"):
+        SpatialTransformer().at(_tensor(channels)[None], flow_tensor, torch.from_numpy(mask[1:]))
+
+
 def test_gradients_reach_image_and_flow():
     volume = _tensor(smooth_volume(GRID))[None, None].requires_grad_()
     flow = _tensor(smooth_flow(GRID, 2.0))[None].requires_grad_()

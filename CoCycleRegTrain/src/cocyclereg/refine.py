@@ -5,7 +5,9 @@ so that the MIND-SSC descriptors (Heinrich et al., MICCAI 2013) of the warped so
 those of the target, under the published diffusion regulariser (:func:`losses.smoothness`).
 Both descriptors are computed once; each step warps the source's 12 descriptor channels with
 the current field (as deeds and ConvexAdam do), so a step costs one trilinear warp of 12
-channels and its gradient, not a new descriptor.
+channels and its gradient, not a new descriptor. The similarity is measured only over the
+target's foreground grown by a few voxels (:func:`_region`; the regulariser covers the whole
+grid), so an empty background costs nothing.
 
 Shapes and units: ``flow`` is ``(N, 3, D, H, W)`` in voxels of the model grid, channel order
 (D, H, W), pulling ``source`` onto ``target``'s grid (``W(source, flow) ~ target``); both images
@@ -15,6 +17,7 @@ are ``(N, 1, D, H, W)`` on that grid, normalised as the network saw them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cocyclereg.config import Refinement
 from cocyclereg.losses import mind_ssc, smoothness
@@ -39,14 +42,29 @@ def refine_flow(
     warp = SpatialTransformer()
     with torch.no_grad():
         source_descriptor = mind_ssc(source, mind_radius, mind_dilation)
-        target_descriptor = mind_ssc(target, mind_radius, mind_dilation)
+        mask = _region(target)
+        target_descriptor = mind_ssc(target, mind_radius, mind_dilation)[:, :, mask]
     refined = flow.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([refined], lr=refinement.learning_rate)
     with torch.enable_grad():
         for _ in range(refinement.steps):
             optimiser.zero_grad(set_to_none=True)
-            mismatch = (warp(source_descriptor, refined) - target_descriptor).square().mean()
+            warped = warp.at(source_descriptor, refined, mask)
+            mismatch = (warped - target_descriptor).square().mean()
             loss = mismatch + refinement.smoothness * smoothness(refined)
             loss.backward()
             optimiser.step()
     return refined.detach()
+
+
+REGION_THRESHOLD = 0.05  # of the normalised [0, 1] intensity: above it is foreground
+REGION_MARGIN = 3  # voxels of background kept around the foreground (edges carry the signal)
+
+
+def _region(target: torch.Tensor) -> torch.Tensor:
+    """The ``(D, H, W)`` voxels where the similarity is measured: the target's foreground in any
+    batch item, grown by ``REGION_MARGIN`` voxels (all voxels if it has none)."""
+    foreground = (target > REGION_THRESHOLD).any(dim=0).float()  # (1, D, H, W)
+    grown = F.max_pool3d(foreground, 2 * REGION_MARGIN + 1, stride=1, padding=REGION_MARGIN)
+    region = grown[0] > 0
+    return region if region.any() else torch.ones_like(region)

@@ -87,6 +87,26 @@ class SpatialTransformer(nn.Module):
             align_corners=True,
         )
 
+    def at(self, image: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(image, flow)`` at the voxels of a boolean ``(D, H, W)`` mask only, as
+        ``(N, C, M)`` with ``M`` the mask's voxel count in C order; costs ``M`` samples, not
+        ``D * H * W``."""
+        if mask.shape != flow.shape[2:] or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a boolean {tuple(flow.shape[2:])} array")
+        identity, scale = self._identity_and_scale(tuple(flow.shape[2:]), flow.device, flow.dtype)
+        normalised = (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)
+        points = (identity + normalised)[:, mask]  # (N, M, 3)
+        if image.shape[0] != flow.shape[0]:
+            image = image.expand(flow.shape[0], *image.shape[1:])
+        sampled = F.grid_sample(
+            image.to(flow.dtype) if image.dtype != flow.dtype else image,
+            points[:, None, None],
+            mode=self.mode,
+            padding_mode="border",
+            align_corners=True,
+        )
+        return sampled[:, :, 0, 0]
+
 
 def warp_labels(
     labels: torch.Tensor, flow: torch.Tensor, transformer: SpatialTransformer | None = None
