@@ -7,7 +7,9 @@ Both descriptors are computed once; each step warps the source's 12 descriptor c
 the current field (as deeds and ConvexAdam do), so a step costs one trilinear warp of 12
 channels and its gradient, not a new descriptor. The similarity is measured only over the
 target's foreground grown by a few voxels (:func:`_region`; the regulariser covers the whole
-grid), so an empty background costs nothing.
+grid), so an empty background costs nothing, and only the field inside that region moves:
+Adam scales every gradient to a unit step, so voxels pushed by the regulariser alone would
+wander (and fold) with nothing in the images to hold them.
 
 Shapes and units: ``flow`` is ``(N, 3, D, H, W)`` in voxels of the model grid, channel order
 (D, H, W), pulling ``source`` onto ``target``'s grid (``W(source, flow) ~ target``); both images
@@ -53,6 +55,7 @@ def refine_flow(
             mismatch = (warped - target_descriptor).square().mean()
             loss = mismatch + refinement.smoothness * smoothness(refined)
             loss.backward()
+            refined.grad[:, :, ~mask] = 0  # no image evidence: Adam would still move them
             optimiser.step()
     return refined.detach()
 
