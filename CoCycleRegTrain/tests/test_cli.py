@@ -30,6 +30,27 @@ def test_help_runs_as_an_installed_command():
     assert "fixed image to the point of the moving image" in result.stdout
 
 
+def test_the_program_exits_with_each_commands_code_and_its_output_complete(tmp_path):
+    """``python -m cocyclereg`` (the console script's ``run``): the fast exit after a command
+    keeps its exit code, its printed lines and its written files."""
+    grid = TEST_GRIDS["oblique-flip-x"]
+    field = displacement_field_image(voxel_flow_to_displacement_mm(smooth_flow(grid), grid), grid)
+    write_displacement_transform(field, tmp_path / "warp.h5")
+    program = [sys.executable, "-m", "cocyclereg", "jacobian", "--transform"]
+    done = subprocess.run(
+        [*program, str(tmp_path / "warp.h5"), "--summary", str(tmp_path / "j.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "J <= 0" in done.stdout
+    assert json.loads((tmp_path / "j.json").read_text())["total_voxels"] == np.prod(grid.size)
+    failed = subprocess.run(
+        [*program, str(tmp_path / "absent.h5")], capture_output=True, text=True, check=False
+    )
+    assert failed.returncode == 2 and "not found" in failed.stderr
+
+
 def test_resample_through_a_transform_and_jacobian(tmp_path, capsys):
     grid = TEST_GRIDS["oblique-flip-x"]
     moving = image_on(grid, smooth_volume(grid))

@@ -120,3 +120,20 @@ def test_refined_fields_differ_from_the_network_and_stay_on_their_grids():
         assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin()
         difference = np.abs(sitk.GetArrayViewFromImage(a) - sitk.GetArrayViewFromImage(b))
         assert difference.max() > 0.1  # mm: five steps of up to 0.2 voxel moved the field
+
+
+def test_the_in_place_adam_matches_torch_optim_adam():
+    from cocyclereg.refine import _Adam
+
+    torch.manual_seed(0)
+    ours = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    reference = ours.detach().clone().requires_grad_(True)
+    adam, torch_adam = _Adam(ours, 0.2), torch.optim.Adam([reference], lr=0.2)
+    weights = torch.rand(2, 3, 4, 5, 6)
+    for _ in range(25):
+        for tensor in (ours, reference):
+            tensor.grad = None
+            (weights * (tensor - 1).square()).sum().backward()
+        adam.step()
+        torch_adam.step()
+    torch.testing.assert_close(ours, reference)

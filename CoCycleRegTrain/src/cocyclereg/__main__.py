@@ -1,7 +1,5 @@
 """``python -m cocyclereg`` runs the command line."""
 
-import sys
+from cocyclereg.cli import run
 
-from cocyclereg.cli import main
-
-sys.exit(main())
+run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cocyclereg.displacement import write_displacement_transform
@@ -61,15 +62,22 @@ def write_registration_outputs(
         *zip(result.warped_labels, warped_labels, strict=True),
     ]
     written = [transform]
-    with atomic_outputs() as temporary:
-        write_displacement_transform(result.transform, temporary(transform))
+    with atomic_outputs() as temporary, ThreadPoolExecutor(max_workers=1) as writer:
+        # The fields are large and disk-bound, the images small and compression-bound: overlap.
+        fields = [(result.transform, transform)]
         if inverse_transform is not None:
-            write_displacement_transform(result.inverse_transform, temporary(inverse_transform))
+            fields.append((result.inverse_transform, inverse_transform))
             written.append(inverse_transform)
+        field_jobs = [
+            writer.submit(write_displacement_transform, field, temporary(path))
+            for field, path in fields
+        ]
         for image, path in images:
             if path is not None:
                 write_image(image, temporary(path))
                 written.append(path)
+        for job in field_jobs:
+            job.result()
         result.seconds["write"] = time.perf_counter() - started
         for path, write in extra:
             write(temporary(path))

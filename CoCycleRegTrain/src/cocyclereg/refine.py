@@ -47,16 +47,16 @@ def refine_flow(
         mask = _region(target)
         target_descriptor = mind_ssc(target, mind_radius, mind_dilation)[:, :, mask]
     refined = flow.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([refined], lr=refinement.learning_rate)
+    adam = _Adam(refined, refinement.learning_rate)
     with torch.enable_grad():
         for _ in range(refinement.steps):
-            optimiser.zero_grad(set_to_none=True)
+            refined.grad = None
             warped = warp.at(source_descriptor, refined, mask)
             mismatch = (warped - target_descriptor).square().mean()
             loss = mismatch + refinement.smoothness * smoothness(refined)
             loss.backward()
             refined.grad[:, :, ~mask] = 0  # no image evidence: Adam would still move them
-            optimiser.step()
+            adam.step()
     return refined.detach()
 
 
@@ -71,3 +71,27 @@ def _region(target: torch.Tensor) -> torch.Tensor:
     grown = F.max_pool3d(foreground, 2 * REGION_MARGIN + 1, stride=1, padding=REGION_MARGIN)
     region = grown[0] > 0
     return region if region.any() else torch.ones_like(region)
+
+
+class _Adam:
+    """Adam (Kingma and Ba 2015; betas 0.9, 0.999, eps 1e-8) on one tensor, in place.
+
+    ``torch.optim.Adam`` would do the same, but constructing it imports ``torch._dynamo``,
+    which costs more than a whole refinement (1.5 s measured) in a short-lived process.
+    """
+
+    def __init__(self, parameter: torch.Tensor, learning_rate: float) -> None:
+        self.parameter, self.learning_rate = parameter, learning_rate
+        self.first = torch.zeros_like(parameter)
+        self.second = torch.zeros_like(parameter)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        gradient = self.parameter.grad
+        self.steps += 1
+        self.first.mul_(beta1).add_(gradient, alpha=1 - beta1)
+        self.second.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        step_size = self.learning_rate / (1 - beta1**self.steps)
+        denominator = (self.second / (1 - beta2**self.steps)).sqrt_().add_(eps)
+        self.parameter.addcdiv_(self.first, denominator, value=-step_size)
