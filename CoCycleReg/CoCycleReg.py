@@ -80,6 +80,7 @@ class CoCycleRegParameterNode:
     modelPath: str = ""
     movingModality: str = ""
     affine: bool = True
+    refine: bool = True
     cpuOnly: bool = False
     makeInverse: bool = True
     makeWarped: bool = True
@@ -223,6 +224,7 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             moving_modality=moving,
             fixed_modality=fixed,
             affine=p.affine,
+            refine=p.refine,
             cpu_only=p.cpuOnly,
             inverse=p.makeInverse,
             warped=p.makeWarped,

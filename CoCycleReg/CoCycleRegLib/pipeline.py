@@ -25,6 +25,7 @@ class RegistrationRequest:
     fixed_modality: str | None = None
     moving_modality: str | None = None
     affine: bool = True
+    refine: bool = True  # False: the network's fields only (--refine-steps 0)
     cpu_only: bool = False
     inverse: bool = True
     warped: bool = True
@@ -144,6 +145,8 @@ def register_command(
         if path is not None:
             command += [option, str(path)]
     command.append("--affine" if request.affine else "--no-affine")
+    if not request.refine:
+        command += ["--refine-steps", "0"]
     command += ["--device", "cpu" if request.cpu_only else "auto"]
     return command
 
