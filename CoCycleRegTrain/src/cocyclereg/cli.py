@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Adam steps of instance optimisation after the network (MIND-SSC similarity and "
         "diffusion regulariser on the model grid, about 0.1 s each on two CPU cores); 0: the "
-        "network's fields as they are; default: the model's recommendation (brain-t1t2: 15, "
+        "network's fields as they are; default: the model's recommendation (brain-t1t2: 10, "
         "head-ct-mri: 0)",
     )
     registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
