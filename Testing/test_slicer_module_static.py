@@ -77,6 +77,21 @@ def test_model_card_agrees_with_the_package(model_file):
     assert "t1 ↔ t2" in card.description()
     assert [c.name for c in models.bundled_models(model_file.parent)] == [card.name]
     assert models.modalities_for(card, moving_is_x=False) == ("t2", "t1")
+    assert card.refine_steps == info.refinement.steps
+
+
+def test_model_card_shows_the_recommended_refinement(model_file, tmp_path):
+    import dataclasses
+
+    from cocyclereg.config import Refinement
+    from cocyclereg.model_file import load_model, save_model
+
+    network, info = load_model(model_file)
+    refined = tmp_path / "refined.cocyclereg"
+    save_model(refined, network, dataclasses.replace(info, refinement=Refinement(steps=12)))
+    card = models.read_model_card(refined)
+    assert card.refine_steps == 12 and "Refines each pair in 12 steps" in card.description()
+    assert "Refines" not in models.read_model_card(model_file).description()
 
 
 def test_model_card_refuses_other_files(tmp_path):

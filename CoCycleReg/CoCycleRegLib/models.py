@@ -30,6 +30,7 @@ class ModelCard:
     spacing: tuple
     intended_use: str
     provenance: dict
+    refine_steps: int = 0  # instance-optimisation steps the model recommends at inference
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -46,6 +47,8 @@ class ModelCard:
         steps = self.provenance.get("steps")
         if steps is not None:
             lines.append(f"Training steps: {steps}")
+        if self.refine_steps:
+            lines.append(f"Refines each pair in {self.refine_steps} steps unless told not to.")
         lines.append("Research software, not a medical device.")
         return "<br>".join(lines)
 
@@ -71,6 +74,7 @@ def read_model_card(path) -> ModelCard:
             spacing=tuple(float(s) for s in document["grid"]["spacing"]),
             intended_use=str(provenance.get("intended_use", "")),
             provenance=provenance,
+            refine_steps=int(document.get("refinement", {}).get("steps", 0)),
         )
     except ModelCardError:
         raise
