@@ -35,10 +35,7 @@ def jacobian_determinant_array(displacement_mm: np.ndarray, grid: Grid) -> np.nd
         stop = min(start + _SLAB, depth)
         low, high = max(start - 1, 0), min(stop + 1, depth)
         block = displacement_mm[low:high]
-        m = [
-            [_entry(block, a, b, matrix[a, b])[start - low : stop - low] for b in range(3)]
-            for a in range(3)
-        ]
+        m = [_row(block[..., a], matrix[a], start - low, stop - low) for a in range(3)]
         slab = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
         slab -= m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         slab += m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
@@ -46,17 +43,21 @@ def jacobian_determinant_array(displacement_mm: np.ndarray, grid: Grid) -> np.nd
     return determinant
 
 
-def _entry(block: np.ndarray, a: int, b: int, constant: float) -> np.ndarray:
-    """``M[a, b] + d u_a / d index_b`` on a ``(d, H, W, 3)`` block (index i is numpy axis 2,
-    j axis 1, k axis 0; central differences inside, one-sided on faces; an axis of length 1
-    has zero derivative)."""
-    axis = 2 - b
-    component = np.asarray(block[..., a], dtype=np.float64)
-    if block.shape[axis] == 1:
-        return np.full(component.shape, constant)
-    derivative = np.gradient(component, axis=axis)
-    derivative += constant
-    return derivative
+def _row(component: np.ndarray, constants: np.ndarray, first: int, last: int) -> list:
+    """``M[a, b] + d u_a / d index_b`` for b = 0, 1, 2 on slices ``first:last`` of one
+    component ``u_a`` of a ``(d, H, W)`` block (index i is numpy axis 2, j axis 1, k axis 0;
+    central differences inside, one-sided on faces; an axis of length 1 has zero derivative)."""
+    component = np.asarray(component, dtype=np.float64)
+    row = []
+    for b, constant in enumerate(constants):
+        axis = 2 - b
+        if component.shape[axis] == 1:
+            entry = np.full(component.shape, constant)
+        else:
+            entry = np.gradient(component, axis=axis)
+            entry += constant
+        row.append(entry[first:last])
+    return row
 
 
 def jacobian_determinant(field: sitk.Image) -> sitk.Image:
