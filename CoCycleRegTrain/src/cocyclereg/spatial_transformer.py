@@ -73,19 +73,7 @@ class SpatialTransformer(nn.Module):
             raise ValueError(
                 f"image {tuple(image.shape)} and flow {tuple(flow.shape)} do not share a grid"
             )
-        shape = tuple(flow.shape[2:])
-        identity, scale = self._identity_and_scale(shape, flow.device, flow.dtype)
-        normalised = (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)  # (N, D, H, W, [x, y, z])
-        sampling_grid = identity + normalised
-        if image.shape[0] != flow.shape[0]:
-            image = image.expand(flow.shape[0], *image.shape[1:])
-        return F.grid_sample(
-            image.to(flow.dtype) if image.dtype != flow.dtype else image,
-            sampling_grid,
-            mode=self.mode,
-            padding_mode="border",
-            align_corners=True,
-        )
+        return self._sample(image, self._sampling_grid(flow))
 
     def at(self, image: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``forward(image, flow)`` at the voxels of a boolean ``(D, H, W)`` mask only, as
@@ -93,19 +81,25 @@ class SpatialTransformer(nn.Module):
         ``D * H * W``."""
         if mask.shape != flow.shape[2:] or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a boolean {tuple(flow.shape[2:])} array")
+        points = self._sampling_grid(flow)[:, mask]  # (N, M, 3)
+        return self._sample(image, points[:, None, None])[:, :, 0, 0]
+
+    def _sampling_grid(self, flow: torch.Tensor) -> torch.Tensor:
+        """Where ``flow`` (N, 3, D, H, W) samples, as grid_sample's (N, D, H, W, [x, y, z])."""
         identity, scale = self._identity_and_scale(tuple(flow.shape[2:]), flow.device, flow.dtype)
-        normalised = (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)
-        points = (identity + normalised)[:, mask]  # (N, M, 3)
-        if image.shape[0] != flow.shape[0]:
-            image = image.expand(flow.shape[0], *image.shape[1:])
-        sampled = F.grid_sample(
-            image.to(flow.dtype) if image.dtype != flow.dtype else image,
-            points[:, None, None],
+        return identity + (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)
+
+    def _sample(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``image`` (N or 1, C, D, H, W) at normalised ``points`` (N, ..., 3), border-clamped."""
+        if image.shape[0] != points.shape[0]:
+            image = image.expand(points.shape[0], *image.shape[1:])
+        return F.grid_sample(
+            image.to(points.dtype) if image.dtype != points.dtype else image,
+            points,
             mode=self.mode,
             padding_mode="border",
             align_corners=True,
         )
-        return sampled[:, :, 0, 0]
 
 
 def warp_labels(
