@@ -144,12 +144,11 @@ def _source_t1t2(data: Path, subject: str, spacing_mm: float | None, folder: Pat
     }
     if all(p.is_file() for p in paths.values()):
         return paths
-    t1 = _resampled(read_image(source / "t1.nii.gz"), spacing_mm, labels=False)
-    t2 = _resampled(read_image(source / "t2.nii.gz"), spacing_mm, labels=False)
-    write_image(t1, paths["t1"])
-    write_image(t2, paths["t2"])
+    full_t1 = read_image(source / "t1.nii.gz")
+    write_image(_resampled(full_t1, spacing_mm, labels=False), paths["t1"])
+    write_image(_resampled(read_image(source / "t2.nii.gz"), spacing_mm, labels=False), paths["t2"])
     # Tissue classes from the full-resolution T1, then carried to the benchmark grid.
-    tissue = tissue_from_t1(read_image(source / "t1.nii.gz"))
+    tissue = tissue_from_t1(full_t1)
     write_image(_resampled(tissue, spacing_mm, labels=True), paths["tissue"])
     tumour = source / "tumor.nii.gz"
     if tumour.is_file():
