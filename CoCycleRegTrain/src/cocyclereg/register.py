@@ -33,11 +33,11 @@ import SimpleITK as sitk
 import torch
 
 from cocyclereg.config import NormalizationConfig, Refinement
+from cocyclereg.dense import composed_displacement, resample_at, sampling_indices
 from cocyclereg.device import resolve_device
 from cocyclereg.displacement import (
+    affine_parameters,
     displacement_field_image,
-    displacement_transform,
-    transform_to_displacement_field,
     voxel_flow_to_displacement_mm,
 )
 from cocyclereg.errors import GeometryError, InputError
@@ -235,33 +235,6 @@ def _normalization_fields(settings: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known}
 
 
-def _refine(flow, source, target, steps, smooth, lr):
-    import os
-
-    import torch.nn.functional as F
-
-    from cocyclereg.losses import mind_ssc, smoothness
-    from cocyclereg.spatial_transformer import SpatialTransformer
-
-    factor = int(os.environ.get("REFINE_FACTOR", "2"))
-    warp = SpatialTransformer()
-    with torch.no_grad():
-        target_descriptor = F.avg_pool3d(mind_ssc(target), factor)
-        source_descriptor = F.avg_pool3d(mind_ssc(source), factor)
-        coarse_flow = F.avg_pool3d(flow, factor) / factor
-    delta = torch.zeros_like(coarse_flow, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=lr)
-    for _ in range(steps):
-        optimiser.zero_grad()
-        total = coarse_flow + delta
-        loss = (warp(source_descriptor, total) - target_descriptor).square().mean()
-        loss = loss + smooth * smoothness(total)
-        loss.backward()
-        optimiser.step()
-    correction = F.interpolate(delta.detach() * factor, size=flow.shape[2:], mode="trilinear")
-    return flow + correction
-
-
 def register(
     fixed: sitk.Image | str | Path,
     moving: sitk.Image | str | Path,
@@ -369,32 +342,30 @@ def register(
 
     report("output")
     started = time.perf_counter()
-    forward_field = displacement_field_image(
-        voxel_flow_to_displacement_mm(forward_flow, grid), grid
-    )
-    inverse_field = displacement_field_image(
-        voxel_flow_to_displacement_mm(inverse_flow, grid), grid
-    )
+    forward_mm = voxel_flow_to_displacement_mm(forward_flow, grid)
     fixed_grid = Grid.from_image(fixed)
-    if pre_alignment is not None:
-        forward_total = sitk.CompositeTransform(
-            [pre_alignment, displacement_transform(forward_field)]
-        )
-        inverse_total = sitk.CompositeTransform(
-            [displacement_transform(inverse_field), pre_alignment.GetInverse()]
-        )
-    else:
-        forward_total = displacement_transform(forward_field)
-        inverse_total = displacement_transform(inverse_field)
-    transform = transform_to_displacement_field(forward_total, fixed_grid)
-    inverse_transform = (
-        transform_to_displacement_field(inverse_total, moving_grid) if inverse else None
+    after = affine_parameters(pre_alignment) if pre_alignment is not None else None
+    transform = displacement_field_image(
+        composed_displacement(fixed_grid, forward_mm, grid, after=after), fixed_grid
     )
-    resampling = displacement_transform(transform)
-    with ThreadPoolExecutor(max_workers=1) as worker:  # numpy and ITK overlap: both free the GIL
+    with ThreadPoolExecutor(max_workers=1) as worker:  # numpy/torch and ITK free the GIL
         jacobian_job = worker.submit(jacobian_determinant, transform)
-        warped = resample_to_grid(moving, fixed_grid, "linear", resampling) if warp_moving else None
-        warped_labels = [resample_to_grid(x, fixed_grid, "label", resampling) for x in labelmaps]
+        inverse_transform = None
+        if inverse:
+            before = (
+                affine_parameters(pre_alignment.GetInverse()) if pre_alignment is not None else None
+            )
+            inverse_mm = voxel_flow_to_displacement_mm(inverse_flow, grid)
+            inverse_transform = displacement_field_image(
+                composed_displacement(moving_grid, inverse_mm, grid, before=before), moving_grid
+            )
+        images = [(moving, "linear")] if warp_moving else []
+        images += [(labelmap, "label") for labelmap in labelmaps]
+        indices = sampling_indices(fixed_grid, forward_mm, grid, moving_grid, after=after)
+        resampled = resample_at(images, indices, fixed_grid)
+        del indices
+        warped = resampled.pop(0) if warp_moving else None
+        warped_labels = resampled
         jacobian = jacobian_job.result()
     seconds["output"] = time.perf_counter() - started
     return RegistrationResult(
