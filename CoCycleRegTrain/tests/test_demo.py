@@ -203,7 +203,8 @@ def test_demo_writes_every_output_and_prints_the_scores_evaluate_computes(tmp_pa
         after = summary["labels"][name]["after"]
         assert after["dice"] == pytest.approx(expected["dice"], abs=1e-12)
         assert after["hd95_mm"] == pytest.approx(expected["hd95_mm"], abs=1e-9)
-        assert after["folding"] == expected["folding"]
+        # The file holds float32 displacements, the demo's numbers come from the float64 field.
+        assert after["folding"] == pytest.approx(expected["folding"], rel=1e-5)
         # The printed table shows these numbers: label, Dice before, Dice after, HD95s.
         before = summary["labels"][name]["before"]
         for label, score in expected["dice"].items():
