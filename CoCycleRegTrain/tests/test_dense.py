@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on, oblique_direction
 
-from cocyclereg.dense import composed_displacement, resample_at, sampling_indices
+from cocyclereg.dense import composed_displacement, resample_through
 from cocyclereg.displacement import (
     affine_parameters,
     displacement_field_image,
@@ -82,7 +82,7 @@ def _moving_images(grid: Grid):
 
 
 @pytest.mark.parametrize("target_name", ["oblique-flip-x", "permuted-flipped", "identity"])
-def test_resample_at_equals_itk_resampling_through_the_written_field(target_name):
+def test_resample_through_equals_itk_resampling_through_the_written_field(target_name):
     target = TEST_GRIDS[target_name]
     moving = _centred_grid(
         target, (15, 17, 9), (1.2, 0.8, 2.5), oblique_direction([10, 20, -25], [1, -1, 1])
@@ -95,10 +95,8 @@ def test_resample_at_equals_itk_resampling_through_the_written_field(target_name
     )
     images = _moving_images(moving)
     kinds = ["linear", "label", "label"]
-    ours = resample_at(
-        list(zip(images, kinds, strict=True)),
-        sampling_indices(target, u, field_grid, moving, after=after),
-        target,
+    ours = resample_through(
+        list(zip(images, kinds, strict=True)), target, u, field_grid, after=after
     )
     for image, kind, result in zip(images, kinds, ours, strict=True):
         expected = resample_to_grid(image, target, kind, displacement_transform(field))
@@ -122,16 +120,16 @@ def test_nearest_rounds_halves_up_like_itk(shift_mm):
     u = np.zeros((*field_grid.shape, 3))
     u[..., 0] = shift_mm
     field = displacement_field_image(composed_displacement(grid, u, field_grid), grid)
-    (ours,) = resample_at([(labels, "label")], sampling_indices(grid, u, field_grid, grid), grid)
+    (ours,) = resample_through([(labels, "label")], grid, u, field_grid)
     expected = resample_to_grid(labels, grid, "label", displacement_transform(field))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(expected))
 
 
-def test_resample_at_refuses_images_on_different_grids():
+def test_resample_through_refuses_images_on_different_grids():
     first, second = TEST_GRIDS["identity"], TEST_GRIDS["oblique-flip-x"]
     images = [
         (image_on(first, np.zeros(first.shape, np.float32)), "linear"),
         (image_on(second, np.zeros(second.shape, np.float32)), "linear"),
     ]
     with pytest.raises(ValueError, match="one grid"):
-        resample_at(images, np.zeros((*first.shape, 3)), first)
+        resample_through(images, first, np.zeros((2, 2, 2, 3)), first)

@@ -63,7 +63,13 @@ def _row(component: np.ndarray, constants: np.ndarray, first: int, last: int) ->
 def jacobian_determinant(field: sitk.Image) -> sitk.Image:
     """``det(I + grad u)`` of a displacement field image, as a float32 image on its grid."""
     grid = Grid.from_image(field)
-    determinant = jacobian_determinant_array(sitk.GetArrayViewFromImage(field), grid)
+    return determinant_image(
+        jacobian_determinant_array(sitk.GetArrayViewFromImage(field), grid), grid
+    )
+
+
+def determinant_image(determinant: np.ndarray, grid: Grid) -> sitk.Image:
+    """A determinant array ``(D, H, W)`` as a float32 image on ``grid``."""
     return grid.apply_to(sitk.GetImageFromArray(determinant.astype(np.float32)))
 
 

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import torch
 
 from cocyclereg.config import NormalizationConfig, Refinement
-from cocyclereg.dense import composed_displacement, resample_at, sampling_indices
+from cocyclereg.dense import composed_displacement, resample_through
 from cocyclereg.device import resolve_device
 from cocyclereg.displacement import (
     affine_parameters,
@@ -43,7 +43,12 @@ from cocyclereg.displacement import (
 from cocyclereg.errors import GeometryError, InputError
 from cocyclereg.grid import Grid, foreground_mask, model_grid
 from cocyclereg.io import read_image, read_labels
-from cocyclereg.jacobian import FoldingStats, folding_stats, jacobian_determinant
+from cocyclereg.jacobian import (
+    FoldingStats,
+    determinant_image,
+    folding_stats,
+    jacobian_determinant_array,
+)
 from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.normalize import normalize
@@ -345,11 +350,11 @@ def register(
     forward_mm = voxel_flow_to_displacement_mm(forward_flow, grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
-    transform = displacement_field_image(
-        composed_displacement(fixed_grid, forward_mm, grid, after=after), fixed_grid
-    )
+    transform_mm = composed_displacement(fixed_grid, forward_mm, grid, after=after)
     with ThreadPoolExecutor(max_workers=1) as worker:  # numpy/torch and ITK free the GIL
-        jacobian_job = worker.submit(jacobian_determinant, transform)
+        jacobian_job = worker.submit(jacobian_determinant_array, transform_mm, fixed_grid)
+        transform = displacement_field_image(transform_mm, fixed_grid)
+        del transform_mm
         inverse_transform = None
         if inverse:
             before = (
@@ -361,12 +366,10 @@ def register(
             )
         images = [(moving, "linear")] if warp_moving else []
         images += [(labelmap, "label") for labelmap in labelmaps]
-        indices = sampling_indices(fixed_grid, forward_mm, grid, moving_grid, after=after)
-        resampled = resample_at(images, indices, fixed_grid)
-        del indices
+        resampled = resample_through(images, fixed_grid, forward_mm, grid, after=after)
         warped = resampled.pop(0) if warp_moving else None
         warped_labels = resampled
-        jacobian = jacobian_job.result()
+        jacobian = determinant_image(jacobian_job.result(), fixed_grid)
     seconds["output"] = time.perf_counter() - started
     return RegistrationResult(
         transform=transform,
