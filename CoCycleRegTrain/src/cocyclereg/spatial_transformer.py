@@ -90,15 +90,33 @@ class SpatialTransformer(nn.Module):
         return identity + (flow * scale).permute(0, 2, 3, 4, 1).flip(-1)
 
     def _sample(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """``image`` (N or 1, C, D, H, W) at normalised ``points`` (N, ..., 3), border-clamped."""
-        if image.shape[0] != points.shape[0]:
-            image = image.expand(points.shape[0], *image.shape[1:])
+        """``image`` (N or 1, C, D, H, W) at normalised ``points`` (N, ..., 3), border-clamped.
+
+        On the CPU, ``grid_sample`` in 3D runs one thread per batch item (forward and
+        backward): a single item's points are dealt into one part per thread, the image
+        shared (expanded, not copied), and the parts put back in order."""
+        image = image.to(points.dtype) if image.dtype != points.dtype else image
+        parts = torch.get_num_threads() if points.device.type == "cpu" else 1
+        if points.shape[0] != 1 or parts == 1 or points[0, ..., 0].numel() < 4096:
+            if image.shape[0] != points.shape[0]:
+                image = image.expand(points.shape[0], *image.shape[1:])
+            return self._grid_sample(image, points)
+        spatial = points.shape[1:-1]
+        flat = points.reshape(-1, 3)
+        count = flat.shape[0]
+        per_part = -(-count // parts)
+        if per_part * parts > count:  # repeat the last point: a valid position, dropped after
+            flat = torch.cat([flat, flat[-1:].expand(per_part * parts - count, 3)])
+        sampled = self._grid_sample(
+            image.expand(parts, *image.shape[1:]), flat.view(parts, 1, 1, per_part, 3)
+        )  # (parts, C, 1, 1, per_part)
+        channels = sampled.shape[1]
+        sampled = sampled.permute(1, 0, 2, 3, 4).reshape(channels, -1)[:, :count]
+        return sampled.reshape(1, channels, *spatial)
+
+    def _grid_sample(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(
-            image.to(points.dtype) if image.dtype != points.dtype else image,
-            points,
-            mode=self.mode,
-            padding_mode="border",
-            align_corners=True,
+            image, points, mode=self.mode, padding_mode="border", align_corners=True
         )
 
 
