@@ -52,9 +52,12 @@ def displacement_mm_to_voxel_flow(displacement_mm: np.ndarray, grid: Grid) -> np
     return np.moveaxis(flow_ijk, -1, 0)[::-1].copy()
 
 
-def displacement_field_image(displacement_mm: np.ndarray, grid: Grid) -> sitk.Image:
-    """A SimpleITK vector image (float64, 3 components) holding ``displacement_mm`` on ``grid``."""
-    displacement_mm = np.asarray(displacement_mm, dtype=np.float64)
+def displacement_field_image(
+    displacement_mm: np.ndarray, grid: Grid, dtype: type = np.float64
+) -> sitk.Image:
+    """A SimpleITK vector image (3 components of ``dtype``: float64 or float32) holding
+    ``displacement_mm`` on ``grid``."""
+    displacement_mm = np.asarray(displacement_mm, dtype=dtype)
     if displacement_mm.shape != (*grid.shape, 3):
         raise GeometryError(f"displacement shape {displacement_mm.shape} is not {(*grid.shape, 3)}")
     image = sitk.GetImageFromArray(displacement_mm, isVector=True)
@@ -74,14 +77,17 @@ def displacement_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform
     return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
 
 
-def _check_field(field: sitk.Image, source: str) -> sitk.Image:
+def _check_field(
+    field: sitk.Image, source: str, pixel_type: int = sitk.sitkVectorFloat64
+) -> sitk.Image:
+    """``field`` as a finite 3D displacement field of ``pixel_type`` (cast only if needed)."""
     if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
         raise InputError(
             f"{source} is not a 3D displacement field (got a {field.GetDimension()}D image with "
             f"{field.GetNumberOfComponentsPerPixel()} components per voxel)."
         )
-    if field.GetPixelID() != sitk.sitkVectorFloat64:
-        field = sitk.Cast(field, sitk.sitkVectorFloat64)
+    if field.GetPixelID() != pixel_type:
+        field = sitk.Cast(field, pixel_type)
     if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
         raise InputError(f"{source} holds NaN or infinite displacements.")
     return field
@@ -105,7 +111,7 @@ def _write_itk_hdf5(field: sitk.Image, path: Path) -> None:
         fixed = [*field.GetSize(), *field.GetOrigin(), *field.GetSpacing(), *field.GetDirection()]
         group.create_dataset("TransformFixedParameters", data=np.asarray(fixed, np.float64))
         vectors = sitk.GetArrayViewFromImage(field).reshape(-1)
-        group.create_dataset("TransformParameters", data=vectors.astype(np.float32))
+        group.create_dataset("TransformParameters", data=vectors, dtype=np.float32)
 
 
 def write_displacement_transform(field: sitk.Image, path: str | os.PathLike) -> Path:
@@ -116,13 +122,13 @@ def write_displacement_transform(field: sitk.Image, path: str | os.PathLike) -> 
     ``.mha``: a 3-component vector image of LPS displacements in mm (ANTs warp-file convention;
     Slicer and ITK load it as a displacement-field transform).
     """
-    field = _check_field(field, "field")
+    field = _check_field(field, "field", sitk.sitkVectorFloat32)
     suffix = full_suffix(path)
     with atomic_output(path) as temporary:
         if suffix in TRANSFORM_FILE_SUFFIXES:
             _write_itk_hdf5(field, temporary)
         elif suffix in FIELD_IMAGE_SUFFIXES:
-            sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(temporary), True)
+            sitk.WriteImage(field, str(temporary), True)
         else:
             raise InputError(
                 f"Unsupported transform file type for {path}; use one of "

@@ -60,7 +60,9 @@ LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 @dataclass
 class RegistrationResult:
-    """Everything one registration produces; images are SimpleITK images with full geometry."""
+    """Everything one registration produces; images are SimpleITK images with full geometry.
+    The transforms are float32 displacement fields (LPS mm), as written to their files; the
+    Jacobian and folding come from the float64 field before that rounding."""
 
     transform: sitk.Image
     inverse_transform: sitk.Image | None
@@ -353,7 +355,7 @@ def register(
     transform_mm = composed_displacement(fixed_grid, forward_mm, grid, after=after)
     with ThreadPoolExecutor(max_workers=1) as worker:  # numpy/torch and ITK free the GIL
         jacobian_job = worker.submit(jacobian_determinant_array, transform_mm, fixed_grid)
-        transform = displacement_field_image(transform_mm, fixed_grid)
+        transform = displacement_field_image(transform_mm, fixed_grid, np.float32)
         del transform_mm
         inverse_transform = None
         if inverse:
@@ -362,7 +364,9 @@ def register(
             )
             inverse_mm = voxel_flow_to_displacement_mm(inverse_flow, grid)
             inverse_transform = displacement_field_image(
-                composed_displacement(moving_grid, inverse_mm, grid, before=before), moving_grid
+                composed_displacement(moving_grid, inverse_mm, grid, before=before),
+                moving_grid,
+                np.float32,
             )
         images = [(moving, "linear")] if warp_moving else []
         images += [(labelmap, "label") for labelmap in labelmaps]
