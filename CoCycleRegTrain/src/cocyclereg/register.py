@@ -61,8 +61,7 @@ LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 @dataclass
 class RegistrationResult:
     """Everything one registration produces; images are SimpleITK images with full geometry.
-    The transforms are float32 displacement fields (LPS mm), as written to their files; the
-    Jacobian and folding come from the float64 field before that rounding."""
+    The transforms are float32 displacement fields (LPS mm), as written to their files."""
 
     transform: sitk.Image
     inverse_transform: sitk.Image | None
@@ -242,6 +241,15 @@ def _normalization_fields(settings: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known}
 
 
+def _transform_and_jacobian(
+    displacement_mm: np.ndarray, grid: Grid
+) -> tuple[sitk.Image, sitk.Image]:
+    """The float32 transform image of a float64 field ``(D, H, W, 3)`` and its Jacobian
+    determinant image (from the float64 values)."""
+    determinant = determinant_image(jacobian_determinant_array(displacement_mm, grid), grid)
+    return displacement_field_image(displacement_mm, grid, np.float32), determinant
+
+
 def register(
     fixed: sitk.Image | str | Path,
     moving: sitk.Image | str | Path,
@@ -352,10 +360,11 @@ def register(
     forward_mm = voxel_flow_to_displacement_mm(forward_flow, grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
-    transform_mm = composed_displacement(fixed_grid, forward_mm, grid, after=after)
-    with ThreadPoolExecutor(max_workers=1) as worker:  # numpy/torch and ITK free the GIL
-        jacobian_job = worker.submit(jacobian_determinant_array, transform_mm, fixed_grid)
-        transform = displacement_field_image(transform_mm, fixed_grid, np.float32)
+    transform_mm = composed_displacement(
+        fixed_grid, forward_mm, grid, after=after, dtype=np.float32
+    )
+    with ThreadPoolExecutor(max_workers=1) as worker:  # numpy and torch free the GIL
+        field_job = worker.submit(_transform_and_jacobian, transform_mm, fixed_grid)
         del transform_mm
         inverse_transform = None
         if inverse:
@@ -364,7 +373,9 @@ def register(
             )
             inverse_mm = voxel_flow_to_displacement_mm(inverse_flow, grid)
             inverse_transform = displacement_field_image(
-                composed_displacement(moving_grid, inverse_mm, grid, before=before),
+                composed_displacement(
+                    moving_grid, inverse_mm, grid, before=before, dtype=np.float32
+                ),
                 moving_grid,
                 np.float32,
             )
@@ -373,7 +384,7 @@ def register(
         resampled = resample_through(images, fixed_grid, forward_mm, grid, after=after)
         warped = resampled.pop(0) if warp_moving else None
         warped_labels = resampled
-        jacobian = determinant_image(jacobian_job.result(), fixed_grid)
+        transform, jacobian = field_job.result()
     seconds["output"] = time.perf_counter() - started
     return RegistrationResult(
         transform=transform,
