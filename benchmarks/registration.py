@@ -39,6 +39,11 @@ What it does, in order:
    ``det(I + grad u) <= 0`` (``cocyclereg.jacobian``), and target registration error: the
    distance in mm between the method's and the ground truth's mapped point at every fixed brain
    voxel (tissue label > 0): mean, median, 95th percentile.
+   With ``--repeats N`` every method registers each case N times (each a new process) and the
+   run with the median load-to-written time stands for it (its seconds, stages and memory);
+   accuracy comes from the last run (the same outputs up to ITK's threaded MI, see
+   ``cocyclereg.register.affine_prealignment``). A three-second process on this machine varies by
+   about 10 % between runs; a minute-long one by about 3 %.
 4. Prints Markdown tables (all cases, then per direction) with each method's seconds per pair
    and Elastix's time divided by it; CoCycleReg's stage times (slowest first) and peak memory;
    and the network pass against its ideal time: the forward pass's FLOP count on the model grid
@@ -565,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for every method")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per method and case; the median run's times are reported (default 1)",
+    )
+    parser.add_argument(
         "--register-options",
         default="",
         help='extra options for `cocyclereg register`, e.g. "--no-affine" or '
@@ -594,6 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CPU's fp32 peak over --threads cores, GFLOP/s (2 AVX2 cores at 2.45 GHz)",
     )
     return parser
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median load-to-written seconds (the lower middle for an even count),
+    with every run's seconds listed under ``repeat_seconds``."""
+    if len(runs) == 1 or "pair_seconds" not in runs[0]:
+        single = dict(runs[-1])
+        single.pop("transform", None)
+        return single
+    ordered = sorted(runs, key=lambda run: run["pair_seconds"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["repeat_seconds"] = [run["pair_seconds"] for run in runs]
+    median.pop("transform", None)
+    return median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,12 +663,20 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         for method in methods:
             folder = args.output / case.name / method
-            run = run_method(method, case, folder, args, modalities)
-            metrics = evaluate_case(case, run.pop("transform"))
+            timed = method not in ("identity", "truth")
+            runs = [
+                run_method(method, case, folder, args, modalities)
+                for _ in range(max(1, args.repeats) if timed else 1)
+            ]
+            run = _median_run(runs)
+            transform = runs[-1]["transform"]  # the files on disk are the last run's
+            metrics = evaluate_case(case, transform)
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             row = {"case": case.name, "direction": case.direction, "method": method}
             rows.append({**row, "run": run, "metrics": metrics})
             seconds = f", {run['pair_seconds']:.1f} s" if "pair_seconds" in run else ""
+            if "repeat_seconds" in run:
+                seconds += f" (median of {', '.join(f'{t:.1f}' for t in run['repeat_seconds'])})"
             print(
                 f"{case.name:>16s} {method:>10s}: tissue Dice "
                 f"{metrics['tissue']['mean_dice']:.3f}, TRE {metrics['tre_mm']['mean']:.2f} mm, "
