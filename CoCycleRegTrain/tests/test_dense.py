@@ -73,6 +73,19 @@ def test_composed_displacement_equals_itk_composite(test_grid, aligned, composit
         assert 0.05 < outside.mean() < 0.95
 
 
+@pytest.mark.parametrize("aligned", [True, False], ids=["separable", "grid-sample"])
+def test_float32_displacement_is_the_float64_one_rounded(aligned):
+    target = TEST_GRIDS["oblique-flip-yz"]
+    direction = target.direction if aligned else (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    field_grid = _field_grid(target, direction)
+    u = np.random.default_rng(9).normal(size=(*field_grid.shape, 3)) * 2.0
+    after = affine_parameters(_rigid(10))
+    exact = composed_displacement(target, u, field_grid, after=after)
+    rounded = composed_displacement(target, u, field_grid, after=after, dtype=np.float32)
+    assert rounded.dtype == np.float32
+    np.testing.assert_allclose(rounded, exact, atol=1e-4)
+
+
 def _moving_images(grid: Grid):
     rng = np.random.default_rng(5)
     intensity = image_on(grid, rng.normal(100, 20, grid.shape).astype(np.float32))

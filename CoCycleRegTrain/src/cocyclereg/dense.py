@@ -25,7 +25,8 @@ as here.
 
 Arrays: a physical field is ``(D, H, W, 3)`` in LPS mm (last axis x, y, z), the layout of
 ``SimpleITK.GetArrayFromImage`` on a vector image; a linear map is ``(matrix, offset)`` with
-``p -> matrix @ p + offset`` in LPS mm. All arithmetic on positions is float64.
+``p -> matrix @ p + offset`` in LPS mm. Sampling positions are float64; a displacement field
+can be returned in float32 (what transform files hold).
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class _AffinePlusField:
     for ``T(p) = after(r + u(r))``, ``r = before(p)``, slab by slab (slices along k).
 
     Everything but ``u(r)`` is affine in the voxel index ``ijk``: the value is ``(Q after) u(r)
-    + L @ ijk + c``. When ``r`` runs along the field grid's axes (no ``before``, the target's
-    axes parallel to the field grid's), trilinear interpolation is separable: the field is
+    + L @ ijk + c``. When ``r`` runs along the field grid's axes (the target's axes parallel to
+    the field grid's, ``before`` absent or axis-aligned), trilinear interpolation is
+    separable: the field is
     interpolated along i and j, then one matrix product with the k-interpolation rows gives
     every value, two extra columns (ones, and k) adding the affine part. Otherwise each slab
     samples the field with ``grid_sample`` and adds the affine part.
@@ -166,7 +168,8 @@ class _AffinePlusField:
         self.values = (columns.to(self.dtype) @ planes.to(self.dtype)).view(-1, 3)
 
     def slab(self, first: int, last: int) -> torch.Tensor:
-        """Values for slices ``first:last`` (k) of the target: (voxels, 3) float64, i fastest."""
+        """Values for slices ``first:last`` (k) of the target: (voxels, 3), i fastest; float64,
+        or ``dtype`` on the separable path."""
         if self.separable:
             per_slice = self.target.size[0] * self.target.size[1]
             return self.values[first * per_slice : last * per_slice]
