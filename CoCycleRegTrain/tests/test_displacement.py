@@ -86,12 +86,13 @@ def test_label_warp_by_simpleitk_file_equals_torch_nearest(tmp_path):
     assert set(np.unique(by_itk)) <= {0, 1, 4, 9}
 
 
-def test_ants_applies_the_nii_gz_field_like_simpleitk(tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".nii.gz"])
+def test_ants_applies_the_written_field_like_simpleitk(tmp_path, suffix):
     ants = pytest.importorskip("ants")
     grid = TEST_GRIDS["oblique-flip-x"]
     volume, flow = smooth_volume(grid), smooth_flow(grid, max_voxels=4.0)
     field = displacement_field_image(voxel_flow_to_displacement_mm(flow, grid), grid)
-    warp = write_displacement_transform(field, tmp_path / "warp.nii.gz")
+    warp = write_displacement_transform(field, tmp_path / f"warp{suffix}")
     sitk.WriteImage(image_on(grid, volume), str(tmp_path / "moving.nii.gz"))
     moving = ants.image_read(str(tmp_path / "moving.nii.gz"))
     by_ants = ants.apply_transforms(moving, moving, [str(warp)], interpolator="linear").numpy()
