@@ -125,3 +125,35 @@ def test_default_config_builds_the_published_networks():
     networks = CoCycleNetworks(Config())
     assert _count(networks.registration) == _count(DualHeadUNet())
     assert _count(networks.translate_x2y) == _count(ResnetGenerator())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv3d_on_onednn_matches_pytorchs_own_choice_values_and_gradients(stride):
+    # (1, 2, 16, 24, 16): N*C*D*H = 768, a shape PyTorch sends to its reference convolution.
+    from cocyclereg.networks.registration import conv3d
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 2, 16, 24, 16, requires_grad=True)
+    weight = torch.randn(8, 2, 3, 3, 3, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    ours = conv3d(image, weight, bias, stride=stride, padding=1)
+    (ours * torch.linspace(-1, 1, ours.numel()).view_as(ours)).sum().backward()
+    our_gradients = [t.grad.clone() for t in (image, weight, bias)]
+    for t in (image, weight, bias):
+        t.grad = None
+    reference = torch.nn.functional.conv3d(image, weight, bias, stride=stride, padding=1)
+    (reference * torch.linspace(-1, 1, ours.numel()).view_as(ours)).sum().backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(our_gradients, (image.grad, weight.grad, bias.grad), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_two_heads_computed_together_equal_each_head_alone():
+    torch.manual_seed(1)
+    network = DualHeadUNet(head_init_std=1e-1).eval()
+    x, y = torch.rand(1, 1, 16, 32, 16), torch.rand(1, 1, 16, 32, 16)
+    with torch.no_grad():
+        flow_x2y, flow_y2x = network(x, y)
+        features = network._backbone(torch.cat([x, y], dim=1))
+        torch.testing.assert_close(flow_x2y, network.head_x2y(features), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(flow_y2x, network.head_y2x(features), rtol=1e-5, atol=1e-6)
