@@ -244,8 +244,8 @@ def _normalization_fields(settings: dict) -> dict:
 def _transform_and_jacobian(
     displacement_mm: np.ndarray, grid: Grid
 ) -> tuple[sitk.Image, sitk.Image]:
-    """The float32 transform image of a float64 field ``(D, H, W, 3)`` and its Jacobian
-    determinant image (from the float64 values)."""
+    """The float32 transform image of a field ``(D, H, W, 3)`` (LPS mm) and its Jacobian
+    determinant image (derivatives taken in float64)."""
     determinant = determinant_image(jacobian_determinant_array(displacement_mm, grid), grid)
     return displacement_field_image(displacement_mm, grid, np.float32), determinant
 
