@@ -132,3 +132,24 @@ def test_runs_on_the_meta_device_without_touching_cpu_tensors():
     except NotImplementedError:
         pytest.skip("grid_sample has no meta kernel in this torch")
     assert out.device.type == "meta"
+
+
+def test_points_dealt_to_threads_give_the_single_thread_result_and_gradient():
+    torch.manual_seed(3)
+    image = torch.rand(1, 2, 17, 19, 23)  # 7429 voxels: not a multiple of the thread count
+    flow = (torch.randn(1, 3, 17, 19, 23) * 2).requires_grad_(True)
+    mask = torch.rand(17, 19, 23) > 0.3
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            flow.grad = None
+            warped = SpatialTransformer()(image, flow)
+            at = SpatialTransformer().at(image, flow, mask)
+            (warped.square().sum() + at.sum()).backward()
+            results[count] = (warped.detach(), at.detach(), flow.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    for one, dealt in zip(results[1], results[3], strict=True):
+        assert torch.equal(one, dealt)

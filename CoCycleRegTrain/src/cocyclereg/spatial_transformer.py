@@ -94,10 +94,12 @@ class SpatialTransformer(nn.Module):
 
         On the CPU, ``grid_sample`` in 3D runs one thread per batch item (forward and
         backward): a single item's points are dealt into one part per thread, the image
-        shared (expanded, not copied), and the parts put back in order."""
+        shared (expanded, not copied), and the parts put back in order. Not when the image
+        needs a gradient: its backward would hold one image-sized gradient per part."""
         image = image.to(points.dtype) if image.dtype != points.dtype else image
         parts = torch.get_num_threads() if points.device.type == "cpu" else 1
-        if points.shape[0] != 1 or parts == 1 or points[0, ..., 0].numel() < 4096:
+        small = points[0, ..., 0].numel() < 4096
+        if points.shape[0] != 1 or parts == 1 or small or image.requires_grad:
             if image.shape[0] != points.shape[0]:
                 image = image.expand(points.shape[0], *image.shape[1:])
             return self._grid_sample(image, points)
