@@ -49,18 +49,6 @@ SLAB_VOXELS = 1 << 20
 _AXIS_ALIGNED_TOLERANCE = 1e-6
 
 
-def _index_map(
-    source: Grid, target: Grid, before: LinearMap | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, k0)`` with ``target``'s continuous index ``K @ ijk + k0`` for the point
-    ``before(p)``, ``p`` the centre of ``source``'s voxel ``ijk`` (ITK order i, j, k)."""
-    matrix, offset = source.index_to_physical_matrix, np.asarray(source.origin, dtype=np.float64)
-    if before is not None:
-        matrix, offset = before[0] @ matrix, before[0] @ offset + before[1]
-    to_index = np.linalg.inv(target.index_to_physical_matrix)
-    return to_index @ matrix, to_index @ (offset - np.asarray(target.origin, dtype=np.float64))
-
-
 def _interpolation_matrix(positions: np.ndarray, size: int) -> torch.Tensor:
     """``(len(positions), size)`` float64 weights of 1D linear interpolation at continuous
     indices ``positions`` with ITK's border rule (rows of zeros outside [-0.5, size - 0.5))."""
@@ -139,7 +127,10 @@ class _AffinePlusField:
         field = np.moveaxis(np.asarray(field_mm, dtype=np.float64) @ on_field.T, -1, 0)
         self.field = torch.from_numpy(np.ascontiguousarray(field))  # (3, d, h, w)
         self.target, self.field_size = target, field_grid.size
-        self.to_field, self.field_offset = _index_map(target, field_grid, before)
+        # r's continuous index on the field grid, K @ ijk + k0:
+        to_field_index = np.linalg.inv(field_grid.index_to_physical_matrix)
+        self.to_field = to_field_index @ r_matrix
+        self.field_offset = to_field_index @ (r_offset - np.asarray(field_grid.origin, float))
         self.linear, self.constant = torch.from_numpy(linear), torch.from_numpy(constant)
         off_diagonal = self.to_field - np.diag(np.diag(self.to_field))
         self.separable = np.abs(off_diagonal).max() * max(target.size) < _AXIS_ALIGNED_TOLERANCE
