@@ -351,13 +351,11 @@ def register(
     forward_flow = refine_flow(forward_flow, moving_tensor, fixed_tensor, refinement)
     if inverse:
         inverse_flow = refine_flow(inverse_flow, fixed_tensor, moving_tensor, refinement)
-    forward_flow = forward_flow[0].double().cpu().numpy()
-    inverse_flow = inverse_flow[0].double().cpu().numpy()
     seconds["refine"] = time.perf_counter() - started
 
     report("output")
     started = time.perf_counter()
-    forward_mm = voxel_flow_to_displacement_mm(forward_flow, grid)
+    forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
     transform_mm = composed_displacement(
@@ -371,7 +369,7 @@ def register(
             before = (
                 affine_parameters(pre_alignment.GetInverse()) if pre_alignment is not None else None
             )
-            inverse_mm = voxel_flow_to_displacement_mm(inverse_flow, grid)
+            inverse_mm = voxel_flow_to_displacement_mm(inverse_flow[0].double().cpu().numpy(), grid)
             inverse_transform = displacement_field_image(
                 composed_displacement(
                     moving_grid, inverse_mm, grid, before=before, dtype=np.float32
