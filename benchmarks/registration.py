@@ -609,15 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _median_run(runs: list[dict]) -> dict:
     """The run with the median load-to-written seconds (the lower middle for an even count),
-    with every run's seconds listed under ``repeat_seconds``."""
-    if len(runs) == 1 or "pair_seconds" not in runs[0]:
-        single = dict(runs[-1])
-        single.pop("transform", None)
-        return single
-    ordered = sorted(runs, key=lambda run: run["pair_seconds"])
-    median = dict(ordered[(len(ordered) - 1) // 2])
-    median["repeat_seconds"] = [run["pair_seconds"] for run in runs]
-    median.pop("transform", None)
+    without its transform path; with several runs, every run's seconds under
+    ``repeat_seconds``."""
+    ordered = sorted(runs, key=lambda run: run["pair_seconds"]) if len(runs) > 1 else runs
+    median = {k: v for k, v in ordered[(len(runs) - 1) // 2].items() if k != "transform"}
+    if len(runs) > 1:
+        median["repeat_seconds"] = [run["pair_seconds"] for run in runs]
     return median
 
 
@@ -663,10 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         for method in methods:
             folder = args.output / case.name / method
-            timed = method not in ("identity", "truth")
             runs = [
                 run_method(method, case, folder, args, modalities)
-                for _ in range(max(1, args.repeats) if timed else 1)
+                for _ in range(max(1, args.repeats) if method in TIMED else 1)
             ]
             run = _median_run(runs)
             transform = runs[-1]["transform"]  # the files on disk are the last run's
