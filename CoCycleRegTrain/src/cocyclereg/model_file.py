@@ -12,7 +12,7 @@ and raw tensor bytes. Loading parses JSON and copies numbers; nothing in the fil
 * ``normalization``: ``{"x": {...}, "y": {...}}`` as :class:`cocyclereg.config.NormalizationConfig`.
 * ``architecture``: the :class:`cocyclereg.config.RegistrationNetConfig` fields.
 * ``refinement`` (optional): the recommended instance optimisation at inference,
-  :class:`cocyclereg.refine.Refinement` fields; absent: none.
+  :class:`cocyclereg.config.Refinement` fields; absent: none.
 * ``provenance`` and ``validation``: free-form JSON (training config, steps, data, metrics).
 """
 
