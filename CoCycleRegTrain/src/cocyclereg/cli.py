@@ -66,6 +66,9 @@ def _print_stage(stage: str) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
+    from cocyclereg import kernels
+
+    kernels.load_in_background()  # beside the imports below (torch) and the input checks
     from cocyclereg.errors import InputError
     from cocyclereg.register import register
     from cocyclereg.resources import resolve_model

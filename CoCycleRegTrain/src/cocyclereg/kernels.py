@@ -1,0 +1,215 @@
+"""Compiled per-voxel loops (numba) for the full-resolution outputs of a registration.
+
+Each kernel makes one pass over a target grid, parallel over its slices (k), reading a small
+coarse field and writing its result once: no full-size temporaries. They are the engines of
+:mod:`cocyclereg.dense` and :mod:`cocyclereg.jacobian`, which hold the geometry (which maps,
+which grids) and the tests against ITK.
+
+Conventions shared by the kernels:
+
+* Target voxels are visited by ITK index ``(i, j, k)``; arrays are ``(D, H, W[, 3])`` =
+  ``(k, j, i[, component])``.
+* An *affine-plus-field* value at target index ``ijk`` is
+  ``field(K @ ijk + k0) + L @ ijk + c``: ``field`` is ``(3, d, h, w)`` float64, sampled at a
+  continuous index ``(i, j, k)`` of its grid with ITK's rule for displacement fields and
+  images: inside when every index lies in ``[-0.5, n - 0.5)``, trilinear with the index
+  clamped to ``[0, n - 1]`` there, and zero (for fields) outside.
+* Arithmetic is float64 whatever the output dtype.
+
+Compiled code is cached beside this file (``cache=True``): the first use after installation
+compiles (about ten seconds); later processes load it (about half a second, mostly numba
+loading its own implementations). :func:`load_in_background` starts that once per process in
+a background thread, so a program can do it while it starts up and reads its inputs.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@numba.njit(inline="always", **_JIT)
+def _axis(index, size):
+    """ITK's 1D rule at continuous ``index`` on ``size`` samples: (inside, low, high, fraction)
+    with the value ``(1 - fraction) * f[low] + fraction * f[high]``."""
+    inside = index >= -0.5 and index < size - 0.5
+    if size == 1:
+        return inside, 0, 0, 0.0
+    clamped = min(max(index, 0.0), size - 1.0)
+    low = min(int(np.floor(clamped)), size - 2)
+    return inside, low, low + 1, clamped - low
+
+
+@numba.njit(inline="always", **_JIT)
+def _trilinear(a, k0, k1, fk, j0, j1, fj, i0, i1, fi):
+    """Trilinear value of the ``(d, h, w)`` array ``a`` from per-axis corners and fractions."""
+    near = (1.0 - fj) * ((1.0 - fi) * a[k0, j0, i0] + fi * a[k0, j0, i1]) + fj * (
+        (1.0 - fi) * a[k0, j1, i0] + fi * a[k0, j1, i1]
+    )
+    far = (1.0 - fj) * ((1.0 - fi) * a[k1, j0, i0] + fi * a[k1, j0, i1]) + fj * (
+        (1.0 - fi) * a[k1, j1, i0] + fi * a[k1, j1, i1]
+    )
+    return (1.0 - fk) * near + fk * far
+
+
+@numba.njit(inline="always", **_JIT)
+def _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k, out):
+    """Writes the three components of the affine-plus-field value at target ``(i, j, k)``
+    into ``out`` (length 3)."""
+    _, depth, height, width = field.shape
+    ci = to_field[0, 0] * i + to_field[0, 1] * j + to_field[0, 2] * k + field_offset[0]
+    cj = to_field[1, 0] * i + to_field[1, 1] * j + to_field[1, 2] * k + field_offset[1]
+    ck = to_field[2, 0] * i + to_field[2, 1] * j + to_field[2, 2] * k + field_offset[2]
+    inside_i, i0, i1, fi = _axis(ci, width)
+    inside_j, j0, j1, fj = _axis(cj, height)
+    inside_k, k0, k1, fk = _axis(ck, depth)
+    inside = inside_i and inside_j and inside_k
+    for a in range(3):
+        value = linear[a, 0] * i + linear[a, 1] * j + linear[a, 2] * k + constant[a]
+        if inside:
+            value += _trilinear(field[a], k0, k1, fk, j0, j1, fj, i0, i1, fi)
+        out[a] = value
+
+
+@numba.njit(parallel=True, **_JIT)
+def affine_plus_field(field, to_field, field_offset, linear, constant, out):
+    """``out[k, j, i, :]`` = the affine-plus-field value at every target voxel.
+
+    Args:
+        field: ``(3, d, h, w)`` float64, already in the output's coordinates.
+        to_field, field_offset: ``(3, 3)``, ``(3,)``: target index -> field index.
+        linear, constant: ``(3, 3)``, ``(3,)``: the affine part, per target index.
+        out: ``(D, H, W, 3)`` float32 or float64, written.
+    """
+    depth, height, width, _ = out.shape
+    for k in numba.prange(depth):
+        value = np.empty(3)
+        for j in range(height):
+            for i in range(width):
+                _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k, value)
+                out[k, j, i, 0] = value[0]
+                out[k, j, i, 1] = value[1]
+                out[k, j, i, 2] = value[2]
+
+
+@numba.njit(parallel=True, **_JIT)
+def sample_through(
+    field, to_field, field_offset, linear, constant, source_size, image, default, warped, nearest
+):
+    """Samples a source grid at positions given by an affine-plus-field (the source's
+    continuous index ``(i, j, k)`` at every target voxel), with ITK's inside rule.
+
+    Args:
+        field, to_field, field_offset, linear, constant: the positions, as in
+            :func:`affine_plus_field` (output coordinates: the source's continuous index).
+        source_size: ``(3,)`` int64, the source grid's size ``(i, j, k)``.
+        image: ``(sd, sh, sw)`` float32 source intensities (any shape if ``warped`` is empty).
+        default: the value of ``warped`` where the position is outside the source.
+        warped: ``(D, H, W)`` float32, written with the trilinear value of ``image`` (index
+            clamped within half a voxel outside), unless it is empty.
+        nearest: ``(D, H, W)`` int64, written with the flat index ``i + sw * (j + sh * k)`` of
+            the nearest source voxel (halves rounded up, as ITK), or ``-1`` outside, unless it
+            is empty.
+    """
+    depth, height, width = warped.shape if warped.size else nearest.shape
+    size_i, size_j, size_k = source_size[0], source_size[1], source_size[2]
+    for k in numba.prange(depth):
+        position = np.empty(3)
+        for j in range(height):
+            for i in range(width):
+                _affine_plus_field(
+                    field, to_field, field_offset, linear, constant, i, j, k, position
+                )
+                inside_i, i0, i1, fi = _axis(position[0], size_i)
+                inside_j, j0, j1, fj = _axis(position[1], size_j)
+                inside_k, k0, k1, fk = _axis(position[2], size_k)
+                inside = inside_i and inside_j and inside_k
+                if warped.size:
+                    if inside:
+                        warped[k, j, i] = _trilinear(image, k0, k1, fk, j0, j1, fj, i0, i1, fi)
+                    else:
+                        warped[k, j, i] = default
+                if nearest.size:
+                    if inside:
+                        ni = min(max(int(np.floor(position[0] + 0.5)), 0), size_i - 1)
+                        nj = min(max(int(np.floor(position[1] + 0.5)), 0), size_j - 1)
+                        nk = min(max(int(np.floor(position[2] + 0.5)), 0), size_k - 1)
+                        nearest[k, j, i] = ni + size_i * (nj + size_j * nk)
+                    else:
+                        nearest[k, j, i] = -1
+
+
+@numba.njit(parallel=True, **_JIT)
+def jacobian_determinant(displacement, matrix, scale, out):
+    """``out[k, j, i] = scale * det(matrix + G)``, ``G[a, b]`` the derivative of component
+    ``a`` of ``displacement`` along index ``b`` (i, j, k): central differences inside, one-sided
+    on the faces, zero along an axis of length 1 (``numpy.gradient``'s rule).
+
+    Args:
+        displacement: ``(D, H, W, 3)`` float32 or float64.
+        matrix: ``(3, 3)`` float64 (the grid's index-to-physical matrix).
+        scale: float (``1 / det(matrix)``).
+        out: ``(D, H, W)`` float32 or float64, written.
+    """
+    depth, height, width, _ = displacement.shape
+    for k in numba.prange(depth):
+        m = np.empty((3, 3))
+        k0, k1 = max(k - 1, 0), min(k + 1, depth - 1)
+        for j in range(height):
+            j0, j1 = max(j - 1, 0), min(j + 1, height - 1)
+            for i in range(width):
+                i0, i1 = max(i - 1, 0), min(i + 1, width - 1)
+                for a in range(3):
+                    m[a, 0] = matrix[a, 0]
+                    m[a, 1] = matrix[a, 1]
+                    m[a, 2] = matrix[a, 2]
+                    if i1 > i0:
+                        m[a, 0] += (
+                            np.float64(displacement[k, j, i1, a]) - displacement[k, j, i0, a]
+                        ) / (i1 - i0)
+                    if j1 > j0:
+                        m[a, 1] += (
+                            np.float64(displacement[k, j1, i, a]) - displacement[k, j0, i, a]
+                        ) / (j1 - j0)
+                    if k1 > k0:
+                        m[a, 2] += (
+                            np.float64(displacement[k1, j, i, a]) - displacement[k0, j, i, a]
+                        ) / (k1 - k0)
+                out[k, j, i] = scale * (
+                    m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
+                    - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
+                    + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0])
+                )
+
+
+_LOADER: Future | None = None
+
+
+def load_in_background() -> Future:
+    """Starts :func:`warm_up` in a background thread, once per process; returns its future
+    (``result()`` waits for it and raises what it raised)."""
+    global _LOADER
+    if _LOADER is None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocyclereg-kernels") as pool:
+            _LOADER = pool.submit(warm_up)
+            pool.shutdown(wait=False)
+    return _LOADER
+
+
+def warm_up() -> None:
+    """Loads (or, the first time, compiles) every kernel for the dtypes the package uses, on
+    tiny arrays."""
+    field = np.zeros((3, 2, 2, 2))
+    eye, zero = np.eye(3), np.zeros(3)
+    for dtype in (np.float32, np.float64):
+        affine_plus_field(field, eye, zero, eye, zero, np.empty((2, 2, 2, 3), dtype))
+        jacobian_determinant(np.zeros((2, 2, 2, 3), dtype), eye, 1.0, np.empty((2, 2, 2), dtype))
+    image, size = np.zeros((2, 2, 2), np.float32), np.array([2, 2, 2], np.int64)
+    sample_through(
+        field, eye, zero, eye, zero, size, image, 0.0,
+        np.empty((2, 2, 2), np.float32), np.empty((2, 2, 2), np.int64),
+    )  # fmt: skip
