@@ -14,7 +14,7 @@ from test_register import _constant_model
 
 from cocyclereg.augment import random_elastic_flow
 from cocyclereg.config import NormalizationConfig, Refinement
-from cocyclereg.grid import foreground_mask, model_grid
+from cocyclereg.grid import Grid, foreground_mask, model_grid
 from cocyclereg.normalize import normalize
 from cocyclereg.refine import refine_flow
 from cocyclereg.register import LPS_DIRECTION, register
@@ -82,11 +82,23 @@ def test_a_model_files_refinement_entry_is_checked():
 
 
 def _smooth_pair():
-    from conftest import TEST_GRIDS, image_on, smooth_volume
+    """Two different textured volumes (Gaussian-smoothed noise, sigma 1.5 voxels) on oblique,
+    anisotropic, overlapping grids: where they overlap MIND sees structure to align."""
+    from conftest import TEST_GRIDS, image_on
+    from scipy.ndimage import gaussian_filter
 
-    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
-    fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=3))
-    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    def textured(grid, seed):
+        noise = np.random.default_rng(seed).normal(size=grid.shape)
+        return (100 + 40 * gaussian_filter(noise, 1.5)).astype(np.float32)
+
+    fixed_grid, oblique = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
+    # the oblique grid moved to share the fixed grid's centre: the two images overlap
+    centre = fixed_grid.index_to_physical(np.array([(s - 1) / 2 for s in fixed_grid.size]))
+    matrix = oblique.index_to_physical_matrix
+    origin = centre - matrix @ ((np.array(oblique.size) - 1) / 2)
+    moving_grid = Grid(oblique.size, oblique.spacing, tuple(origin), oblique.direction)
+    fixed = image_on(fixed_grid, textured(fixed_grid, seed=3))
+    moving = image_on(moving_grid, textured(moving_grid, seed=4))
     return fixed, moving
 
 
@@ -137,3 +149,74 @@ def test_the_in_place_adam_matches_torch_optim_adam():
         adam.step()
         torch_adam.step()
     torch.testing.assert_close(ours, reference)
+
+
+def test_the_similarity_region_is_the_foreground_grown_by_a_cube():
+    from scipy.ndimage import binary_dilation
+
+    from cocyclereg.refine import REGION_MARGIN, REGION_THRESHOLD, _region
+
+    rng = np.random.default_rng(2)
+    target = torch.zeros(1, 1, 20, 17, 23)
+    target[0, 0, 5:9, 3:6, 10:12] = 0.5  # a block, and isolated voxels near the faces
+    for k, j, i in rng.integers(0, [20, 17, 23], size=(6, 3)):
+        target[0, 0, k, j, i] = 1.0
+    cube = np.ones((2 * REGION_MARGIN + 1,) * 3, bool)
+    expected = binary_dilation(target[0, 0].numpy() > REGION_THRESHOLD, cube)
+    np.testing.assert_array_equal(_region(target).numpy(), expected)
+    assert 0.1 < expected.mean() < 0.9
+
+
+def test_the_compiled_similarity_gradient_equals_autograd_through_the_warp():
+    from cocyclereg.refine import (
+        _autograd_mismatch_gradient,
+        _channels_last,
+        _compiled_mismatch_gradient,
+    )
+
+    generator = torch.Generator().manual_seed(4)
+    source = torch.rand(1, 12, 9, 11, 10, generator=generator)
+    mask = torch.rand(9, 11, 10, generator=generator) > 0.4
+    target = torch.rand(1, 12, int(mask.sum()), generator=generator)
+    # displacements of up to 4 voxels: many points land beyond the faces (clamped, no gradient)
+    flow = (torch.rand(1, 3, 9, 11, 10, generator=generator) - 0.5) * 8
+    voxels = torch.nonzero(mask).contiguous().numpy()
+    compiled = _compiled_mismatch_gradient(_channels_last(source, target), flow, voxels)
+    reference = _autograd_mismatch_gradient(SpatialTransformer(), source, target, flow, mask)
+    assert compiled.shape == reference.shape == (1, 3, int(mask.sum()))
+    assert (reference == 0).any() and (reference != 0).mean(dtype=torch.float) > 0.5
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-7)
+
+
+def test_refinement_on_the_cpu_equals_the_autograd_refinement(known_pair):
+    # float32 takes the compiled gradient; float64 the autograd path used on other devices.
+    # Off voxel centres (there the compiled one takes the central difference, torch a
+    # one-sided one chosen by rounding).
+    moving, fixed, _, _ = known_pair
+    generator = torch.Generator().manual_seed(5)
+    flow = 0.3 + 0.4 * torch.rand(1, 3, *fixed.shape[2:], generator=generator)
+    settings = Refinement(steps=5, smoothness=1.0, learning_rate=0.2)
+    compiled = refine_flow(flow, moving, fixed, settings)
+    reference = refine_flow(flow.double(), moving.double(), fixed.double(), settings)
+    assert (compiled - flow).abs().max() > 0.3  # the steps moved the field
+    torch.testing.assert_close(compiled, reference.float(), rtol=0, atol=1e-3)
+
+
+def test_at_voxel_centres_the_gradient_is_the_mean_of_the_one_sided_ones():
+    from cocyclereg.refine import _channels_last, _compiled_mismatch_gradient
+
+    generator = torch.Generator().manual_seed(6)
+    source = torch.rand(1, 12, 8, 9, 10, generator=generator)
+    mask = torch.zeros(8, 9, 10, dtype=torch.bool)
+    mask[2:6, 2:7, 3:7] = True  # centres one voxel or more inside: no clamping
+    target = torch.rand(1, 12, int(mask.sum()), generator=generator)
+    voxels = torch.nonzero(mask).contiguous().numpy()
+    descriptors = _channels_last(source, target)
+    flow = torch.zeros(1, 3, 8, 9, 10)
+    flow[:, :, mask] = torch.randint(-1, 2, (1, 3, int(mask.sum())), generator=generator).float()
+    at_centres = _compiled_mismatch_gradient(descriptors, flow, voxels)
+    step = 1e-5  # voxel: a little into each neighbouring cell
+    sides = [_compiled_mismatch_gradient(descriptors, flow + s, voxels) for s in (-step, step)]
+    mean = (sides[0] + sides[1]) / 2
+    torch.testing.assert_close(at_centres, mean, rtol=0, atol=1e-3 * float(mean.abs().max()))
+    assert not torch.allclose(sides[0], sides[1], rtol=1e-2)  # the kink is there

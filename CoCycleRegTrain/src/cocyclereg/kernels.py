@@ -186,6 +186,113 @@ def jacobian_determinant(displacement, matrix, scale, out):
                 )
 
 
+@numba.njit(inline="always", **_JIT)
+def _clamped_axis(position, size):
+    """``grid_sample``'s border rule on one axis at ``position`` (voxels), for a value and its
+    derivative: ``(low, high, fraction, below, above, slope)``. The value is ``(1 - fraction)
+    * f[low] + fraction * f[high]``; the derivative ``slope * (f[above] - f[below])``: the
+    difference across the cell, or at a voxel centre (where the interpolant has a kink) the
+    central difference, the mean of the two one-sided ones; zero where the position is
+    clamped to the border, as in torch's gradient."""
+    if size == 1:
+        return 0, 0, 0.0, 0, 0, 0.0
+    slope = 1.0
+    if position <= 0.0:
+        position, slope = 0.0, 0.0
+    elif position >= size - 1.0:
+        position, slope = size - 1.0, 0.0
+    low = min(int(np.floor(position)), size - 2)
+    fraction = position - low
+    if fraction == 0.0 and slope != 0.0:  # a centre inside: low >= 1
+        return low, low + 1, 0.0, low - 1, low + 1, 0.5 * slope
+    return low, low + 1, fraction, low, low + 1, slope
+
+
+@numba.njit(inline="always", **_JIT)
+def _weighted(a, c, k0, k1, wk0, wk1, j0, j1, wj0, wj1, i0, i1, wi0, wi1):
+    """``sum w_k w_j w_i a[k, j, i, c]`` over two indices per axis with their weights."""
+    return wk0 * (
+        wj0 * (wi0 * a[k0, j0, i0, c] + wi1 * a[k0, j0, i1, c])
+        + wj1 * (wi0 * a[k0, j1, i0, c] + wi1 * a[k0, j1, i1, c])
+    ) + wk1 * (
+        wj0 * (wi0 * a[k1, j0, i0, c] + wi1 * a[k1, j0, i1, c])
+        + wj1 * (wi0 * a[k1, j1, i0, c] + wi1 * a[k1, j1, i1, c])
+    )
+
+
+@numba.njit(parallel=True, **_JIT)
+def warped_mismatch_gradient(source, target, voxels, flow, gradient):
+    """Sum of squared differences between ``source`` warped by ``flow`` and ``target`` at the
+    voxels ``voxels``, and its gradient with respect to ``flow`` there: the warp of
+    :class:`cocyclereg.spatial_transformer.SpatialTransformer` (trilinear, border clamped),
+    differentiated as torch does, except at voxel centres (see :func:`_clamped_axis`).
+
+    Args:
+        source: ``(D, H, W, C)`` float32, the image to warp, channels last (a descriptor).
+        target: ``(M, C)`` float32, the target's values at ``voxels``.
+        voxels: ``(M, 3)`` int64 ``(d, h, w)`` indices where the mismatch is measured.
+        flow: ``(3, D, H, W)`` float32 voxel displacements, channels (D, H, W): voxel ``v``
+            samples ``source`` at ``v + flow[:, v]``.
+        gradient: ``(3, M)`` float32, written with ``d sum / d flow[:, v]`` for each voxel.
+
+    Returns the sum (float64) over channels and voxels.
+    """
+    depth, height, width, channels = source.shape
+    count = voxels.shape[0]
+    partial = np.zeros(count)
+    for m in numba.prange(count):
+        d, h, w = voxels[m, 0], voxels[m, 1], voxels[m, 2]
+        k0, k1, fk, kb, ka, sk = _clamped_axis(d + np.float64(flow[0, d, h, w]), depth)
+        j0, j1, fj, jb, ja, sj = _clamped_axis(h + np.float64(flow[1, d, h, w]), height)
+        i0, i1, fi, ib, ia, si = _clamped_axis(w + np.float64(flow[2, d, h, w]), width)
+        across_k, across_j, across_i = kb == k0, jb == j0, ib == i0  # not at a centre
+        along_k = along_j = along_i = total = 0.0
+        for c in range(channels):
+            c000, c001 = np.float64(source[k0, j0, i0, c]), np.float64(source[k0, j0, i1, c])
+            c010, c011 = np.float64(source[k0, j1, i0, c]), np.float64(source[k0, j1, i1, c])
+            c100, c101 = np.float64(source[k1, j0, i0, c]), np.float64(source[k1, j0, i1, c])
+            c110, c111 = np.float64(source[k1, j1, i0, c]), np.float64(source[k1, j1, i1, c])
+            near_low = (1.0 - fi) * c000 + fi * c001
+            near_high = (1.0 - fi) * c010 + fi * c011
+            far_low = (1.0 - fi) * c100 + fi * c101
+            far_high = (1.0 - fi) * c110 + fi * c111
+            near = (1.0 - fj) * near_low + fj * near_high
+            far = (1.0 - fj) * far_low + fj * far_high
+            residual = (1.0 - fk) * near + fk * far - target[m, c]
+            total += residual * residual
+            if sk != 0.0:
+                if across_k:
+                    slope_k = far - near
+                else:
+                    slope_k = _weighted(
+                        source, c, kb, ka, -1.0, 1.0, j0, j1, 1.0 - fj, fj, i0, i1, 1.0 - fi, fi
+                    )
+                along_k += residual * slope_k
+            if sj != 0.0:
+                if across_j:
+                    slope_j = (1.0 - fk) * (near_high - near_low) + fk * (far_high - far_low)
+                else:
+                    slope_j = _weighted(
+                        source, c, k0, k1, 1.0 - fk, fk, jb, ja, -1.0, 1.0, i0, i1, 1.0 - fi, fi
+                    )
+                along_j += residual * slope_j
+            if si != 0.0:
+                if across_i:
+                    slope_i = (1.0 - fk) * (
+                        (1.0 - fj) * (c001 - c000) + fj * (c011 - c010)
+                    ) + fk * ((1.0 - fj) * (c101 - c100) + fj * (c111 - c110))
+                else:
+                    slope_i = _weighted(
+                        source, c, k0, k1, 1.0 - fk, fk, j0, j1, 1.0 - fj, fj, ib, ia, -1.0, 1.0
+                    )
+                along_i += residual * slope_i
+        gradient[0, m] = 2.0 * along_k * sk
+        gradient[1, m] = 2.0 * along_j * sj
+        gradient[2, m] = 2.0 * along_i * si
+        partial[m] = total
+    return partial.sum()
+
+
 _LOADER: Future | None = None
 
 
@@ -208,6 +315,11 @@ def warm_up() -> None:
     for dtype in (np.float32, np.float64):
         affine_plus_field(field, eye, zero, eye, zero, np.empty((2, 2, 2, 3), dtype))
         jacobian_determinant(np.zeros((2, 2, 2, 3), dtype), eye, 1.0, np.empty((2, 2, 2), dtype))
+    source, voxels = np.zeros((2, 2, 2, 1), np.float32), np.zeros((1, 3), np.int64)
+    warped_mismatch_gradient(
+        source, np.zeros((1, 1), np.float32), voxels, np.zeros((3, 2, 2, 2), np.float32),
+        np.empty((3, 1), np.float32),
+    )  # fmt: skip
     image, size = np.zeros((2, 2, 2), np.float32), np.array([2, 2, 2], np.int64)
     sample_through(
         field, eye, zero, eye, zero, size, image, 0.0,

@@ -85,12 +85,15 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
     if image.shape[1] != 1:
         raise ValueError("mind_ssc expects single-channel images")
     kernel = 2 * radius + 1
-    distances = []
-    for first, second in _SSC_PAIRS:
-        difference = _shift(image, first, dilation) - _shift(image, second, dilation)
-        padded = F.pad(difference.square(), (radius,) * 6, mode="replicate")
-        distances.append(F.avg_pool3d(padded, kernel, stride=1))
-    ssd = torch.cat(distances, dim=1)
+    differences = torch.cat(
+        [
+            _shift(image, first, dilation) - _shift(image, second, dilation)
+            for first, second in _SSC_PAIRS
+        ],
+        dim=1,
+    )  # (N, 12, D, H, W): one padding and one box filter for all pairs
+    padded = F.pad(differences.square(), (radius,) * 6, mode="replicate")
+    ssd = F.avg_pool3d(padded, kernel, stride=1)
     ssd = ssd - ssd.amin(dim=1, keepdim=True)
     variance = ssd.mean(dim=1, keepdim=True)
     mean_variance = variance.mean().detach()

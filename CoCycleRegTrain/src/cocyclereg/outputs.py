@@ -62,21 +62,21 @@ def write_registration_outputs(
         *zip(result.warped_labels, warped_labels, strict=True),
     ]
     written = [transform]
-    with atomic_outputs() as temporary, ThreadPoolExecutor(max_workers=1) as writer:
-        # The fields are large and disk-bound, the images small and compression-bound: overlap.
-        fields = [(result.transform, transform)]
-        if inverse_transform is not None:
-            fields.append((result.inverse_transform, inverse_transform))
-            written.append(inverse_transform)
-        field_jobs = [
+    fields = [(result.transform, transform)]
+    if inverse_transform is not None:
+        fields.append((result.inverse_transform, inverse_transform))
+        written.append(inverse_transform)
+    images = [(image, path) for image, path in images if path is not None]
+    written += [path for _, path in images]
+    with atomic_outputs() as temporary, ThreadPoolExecutor(max_workers=2) as writer:
+        # Disk-bound fields and compression-bound images (SimpleITK and h5py release the GIL):
+        # two at a time, the warped image (the slowest to compress) first.
+        jobs = [writer.submit(write_image, image, temporary(path)) for image, path in images]
+        jobs += [
             writer.submit(write_displacement_transform, field, temporary(path))
             for field, path in fields
         ]
-        for image, path in images:
-            if path is not None:
-                write_image(image, temporary(path))
-                written.append(path)
-        for job in field_jobs:
+        for job in jobs:
             job.result()
         result.seconds["write"] = time.perf_counter() - started
         for path, write in extra:
