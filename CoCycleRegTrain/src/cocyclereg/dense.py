@@ -122,8 +122,10 @@ def resample_through(
     source_size = np.asarray(source.size, np.int64)
     defaults = list(default_values) if default_values is not None else [None] * len(images)
     labelled = any(interpolation != "linear" for _, interpolation in images)
-    no_values, no_index = np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0), np.int64)
-    nearest = None  # flat index of each target voxel's nearest source voxel, -1 outside
+    # flat index of each target voxel's nearest source voxel, -1 outside
+    index_type = np.int32 if np.prod(source.size) < 2**31 else np.int64
+    no_values, no_index = np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0), index_type)
+    nearest = None
     results = []
     for position, (image, interpolation) in enumerate(images):
         array = sitk.GetArrayViewFromImage(image)
@@ -131,7 +133,7 @@ def resample_through(
             default = float(array.min()) if defaults[position] is None else defaults[position]
             warped = np.empty(target.shape, np.float32)
             if labelled and nearest is None:  # found in the same pass
-                nearest = np.empty(target.shape, np.int64)
+                nearest = np.empty(target.shape, index_type)
                 index = nearest
             else:
                 index = no_index
@@ -140,7 +142,7 @@ def resample_through(
             results.append(warped)
         else:
             if nearest is None:
-                nearest = np.empty(target.shape, np.int64)
+                nearest = np.empty(target.shape, index_type)
                 kernels.sample_through(
                     *positions, source_size, no_values, 0.0, no_values, nearest
                 )  # fmt: skip

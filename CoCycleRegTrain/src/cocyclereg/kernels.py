@@ -75,6 +75,44 @@ def _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k,
         out[a] = value
 
 
+@numba.njit(inline="always", **_JIT)
+def _along_rows(to_field):
+    """True when the field index's j and k do not change along a target row (i): the target's
+    rows run along the field grid's i axis, so each row needs the field interpolated in j and
+    k only once (:func:`_field_row`)."""
+    return to_field[1, 0] == 0.0 and to_field[2, 0] == 0.0
+
+
+@numba.njit(inline="always", **_JIT)
+def _field_row(field, to_field, field_offset, j, k, row):
+    """The field interpolated in k and j for the target row ``(j, k)``, at every field column:
+    ``row`` ``(3, w)``, written. Returns whether the row lies inside the field in j and k."""
+    _, depth, height, width = field.shape
+    cj = to_field[1, 1] * j + to_field[1, 2] * k + field_offset[1]
+    ck = to_field[2, 1] * j + to_field[2, 2] * k + field_offset[2]
+    inside_j, j0, j1, fj = _axis(cj, height)
+    inside_k, k0, k1, fk = _axis(ck, depth)
+    if inside_j and inside_k:
+        for a in range(3):
+            for x in range(width):
+                near = (1.0 - fj) * field[a, k0, j0, x] + fj * field[a, k0, j1, x]
+                far = (1.0 - fj) * field[a, k1, j0, x] + fj * field[a, k1, j1, x]
+                row[a, x] = (1.0 - fk) * near + fk * far
+    return inside_j and inside_k
+
+
+@numba.njit(inline="always", **_JIT)
+def _row_value(row, inside_row, to_field, field_offset, linear, constant, i, j, k, out):
+    """As :func:`_affine_plus_field`, from the row's interpolated field (:func:`_field_row`)."""
+    ci = to_field[0, 0] * i + to_field[0, 1] * j + to_field[0, 2] * k + field_offset[0]
+    inside_i, i0, i1, fi = _axis(ci, row.shape[1])
+    for a in range(3):
+        value = linear[a, 0] * i + linear[a, 1] * j + linear[a, 2] * k + constant[a]
+        if inside_row and inside_i:
+            value += (1.0 - fi) * row[a, i0] + fi * row[a, i1]
+        out[a] = value
+
+
 @numba.njit(parallel=True, **_JIT)
 def affine_plus_field(field, to_field, field_offset, linear, constant, out):
     """``out[k, j, i, :]`` = the affine-plus-field value at every target voxel.
@@ -86,11 +124,20 @@ def affine_plus_field(field, to_field, field_offset, linear, constant, out):
         out: ``(D, H, W, 3)`` float32 or float64, written.
     """
     depth, height, width, _ = out.shape
+    rows = _along_rows(to_field)
     for k in numba.prange(depth):
-        value = np.empty(3)
+        value, row = np.empty(3), np.empty((3, field.shape[3]))
         for j in range(height):
+            inside_row = _field_row(field, to_field, field_offset, j, k, row) if rows else False
             for i in range(width):
-                _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k, value)
+                if rows:
+                    _row_value(
+                        row, inside_row, to_field, field_offset, linear, constant, i, j, k, value
+                    )
+                else:
+                    _affine_plus_field(
+                        field, to_field, field_offset, linear, constant, i, j, k, value
+                    )
                 out[k, j, i, 0] = value[0]
                 out[k, j, i, 1] = value[1]
                 out[k, j, i, 2] = value[2]
@@ -111,19 +158,26 @@ def sample_through(
         default: the value of ``warped`` where the position is outside the source.
         warped: ``(D, H, W)`` float32, written with the trilinear value of ``image`` (index
             clamped within half a voxel outside), unless it is empty.
-        nearest: ``(D, H, W)`` int64, written with the flat index ``i + sw * (j + sh * k)`` of
-            the nearest source voxel (halves rounded up, as ITK), or ``-1`` outside, unless it
-            is empty.
+        nearest: ``(D, H, W)`` int32 (or int64), written with the flat index
+            ``i + sw * (j + sh * k)`` of the nearest source voxel (halves rounded up, as ITK),
+            or ``-1`` outside, unless it is empty.
     """
     depth, height, width = warped.shape if warped.size else nearest.shape
     size_i, size_j, size_k = source_size[0], source_size[1], source_size[2]
+    rows = _along_rows(to_field)
     for k in numba.prange(depth):
-        position = np.empty(3)
+        position, row = np.empty(3), np.empty((3, field.shape[3]))
         for j in range(height):
+            inside_row = _field_row(field, to_field, field_offset, j, k, row) if rows else False
             for i in range(width):
-                _affine_plus_field(
-                    field, to_field, field_offset, linear, constant, i, j, k, position
-                )
+                if rows:
+                    _row_value(
+                        row, inside_row, to_field, field_offset, linear, constant, i, j, k, position
+                    )
+                else:
+                    _affine_plus_field(
+                        field, to_field, field_offset, linear, constant, i, j, k, position
+                    )
                 inside_i, i0, i1, fi = _axis(position[0], size_i)
                 inside_j, j0, j1, fj = _axis(position[1], size_j)
                 inside_k, k0, k1, fk = _axis(position[2], size_k)
@@ -323,5 +377,5 @@ def warm_up() -> None:
     image, size = np.zeros((2, 2, 2), np.float32), np.array([2, 2, 2], np.int64)
     sample_through(
         field, eye, zero, eye, zero, size, image, 0.0,
-        np.empty((2, 2, 2), np.float32), np.empty((2, 2, 2), np.int64),
+        np.empty((2, 2, 2), np.float32), np.empty((2, 2, 2), np.int32),
     )  # fmt: skip
