@@ -353,15 +353,17 @@ class CoCycleRegLogic(ScriptedLoadableModuleLogic):
             )
             if torch is None:
                 raise RuntimeError("CoCycleReg needs PyTorch; it was not installed.")
-        if dependencies.package_is_installed():
-            return
         package = dependencies.bundled_package(MODULE_DIR)
         if package is None:
+            if dependencies.package_is_installed():
+                return
             raise RuntimeError("The bundled cocyclereg package is missing from this extension.")
+        if dependencies.package_is_installed(dependencies.bundled_version(package)):
+            return
         if not confirm(
-            "CoCycleReg will install its Python package (and its small pure-Python "
-            "dependencies) into Slicer's Python. Slicer's numpy, SimpleITK and torch are kept. "
-            "Continue?"
+            "CoCycleReg will install (or update) its Python package and its dependencies "
+            "(numba, h5py, safetensors and a few small ones) into Slicer's Python. Slicer's "
+            "numpy, SimpleITK and torch are kept. Continue?"
         ):
             raise RuntimeError("The cocyclereg package is required; installation was declined.")
         folder = Path(tempfile.mkdtemp(prefix="CoCycleReg-install-"))

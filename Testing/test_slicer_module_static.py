@@ -110,3 +110,12 @@ def test_install_constraints_pin_slicers_own_packages():
     current = dependencies.pip_constraints()
     assert f"numpy=={dependencies.installed_version('numpy')}" in current
     assert dependencies.bundled_package(MODULE_DIR) == MODULE_DIR.parent / "CoCycleRegTrain"
+
+
+def test_an_older_installed_package_is_updated_from_the_bundled_one():
+    import cocyclereg
+
+    package = dependencies.bundled_package(MODULE_DIR)
+    assert dependencies.bundled_version(package) == cocyclereg.__version__
+    assert dependencies.package_is_installed(dependencies.bundled_version(package))
+    assert not dependencies.package_is_installed("0.0.1")  # an older install: reinstall

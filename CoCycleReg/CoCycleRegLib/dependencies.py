@@ -3,12 +3,15 @@ Slicer (or the PyTorch extension) already provides.
 
 Torch comes from the PyTorch extension (``PyTorchUtils``); the package is installed with pip
 under constraints that pin the installed numpy, SimpleITK and torch, so pip can only add the
-missing pure dependencies (safetensors, PyYAML, tqdm, ...) and never swaps Slicer's own.
+missing dependencies (numba, h5py, safetensors, PyYAML, tqdm, ...; pip picks the releases that
+work with the pinned numpy) and never swaps Slicer's own. A bundled package newer than the
+installed one (after an extension update) is installed over it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
 
 PINNED = ("numpy", "SimpleITK", "torch", "scipy")
@@ -38,6 +41,13 @@ def bundled_package(module_dir) -> Path | None:
         if (candidate / "pyproject.toml").is_file():
             return candidate
     return None
+
+
+def bundled_version(package: Path) -> str | None:
+    """The ``version`` of the bundled package's ``pyproject.toml`` (None if it has none)."""
+    text = (Path(package) / "pyproject.toml").read_text(encoding="utf-8")
+    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def package_is_installed(expected_version: str | None = None) -> bool:

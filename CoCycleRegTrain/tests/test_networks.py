@@ -157,3 +157,26 @@ def test_the_two_heads_computed_together_equal_each_head_alone():
         features = network._backbone(torch.cat([x, y], dim=1))
         torch.testing.assert_close(flow_x2y, network.head_x2y(features), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(flow_y2x, network.head_y2x(features), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone_init", ["pytorch", "kaiming"])
+def test_backbone_initialisation_sets_the_feature_scale_at_the_heads(backbone_init):
+    torch.manual_seed(0)
+    network = DualHeadUNet(backbone_init=backbone_init)
+    x, y = torch.rand(1, 1, 32, 48, 32), torch.rand(1, 1, 32, 48, 32)
+    with torch.no_grad():
+        features = network._backbone(torch.cat([x, y], dim=1))
+        flow_x2y, flow_y2x = network(x, y)
+    scale = float(features.std())
+    if backbone_init == "pytorch":  # the published start: features shrink layer by layer
+        assert scale < 0.05
+    else:  # He initialisation keeps them of order one
+        assert 0.2 < scale < 5
+    assert flow_x2y.abs().max() < 1e-2 and flow_y2x.abs().max() < 1e-2  # near identity
+
+
+def test_an_unknown_backbone_initialisation_is_refused():
+    with pytest.raises(ValueError, match="backbone_init"):
+        DualHeadUNet(backbone_init="xavier")
+    with pytest.raises(Exception, match="backbone_init"):
+        load_config(preset="cpu-small", overrides=["model.registration.backbone_init=xavier"])

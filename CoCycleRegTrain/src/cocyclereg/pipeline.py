@@ -45,6 +45,7 @@ class CoCycleNetworks(nn.Module):
             model.registration.decoder_features,
             model.registration.head_init_std,
             activation_checkpointing=memory,
+            backbone_init=model.registration.backbone_init,
         )
         if self.uses_translation:
             g, d = model.generator, model.discriminator

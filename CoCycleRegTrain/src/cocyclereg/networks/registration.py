@@ -83,6 +83,11 @@ class DualHeadUNet(nn.Module):
             full-resolution convolutions (published: 32, 32, 32, 32, 16, 16).
         head_init_std: standard deviation of the heads' initial weights (biases start at 0),
             so training starts from a near-identity warp.
+        backbone_init: ``"pytorch"`` (published: PyTorch's default convolution initialisation,
+            under which the feature maps shrink about twofold per layer, to a standard
+            deviation of about 0.02 at the heads) or ``"kaiming"`` (He initialisation for
+            LeakyReLU(0.2), biases 0: features of order one at every depth, so the heads'
+            first updates move the fields by voxels, not by hundredths of one).
         activation_checkpointing: recompute the backbone's activations in the backward pass
             instead of storing them (less memory, about one extra forward pass of time).
     """
@@ -93,8 +98,11 @@ class DualHeadUNet(nn.Module):
         decoder_features: Sequence[int] = (32, 32, 32, 32, 16, 16),
         head_init_std: float = 1e-5,
         activation_checkpointing: bool = False,
+        backbone_init: str = "pytorch",
     ) -> None:
         super().__init__()
+        if backbone_init not in ("pytorch", "kaiming"):
+            raise ValueError(f"backbone_init must be 'pytorch' or 'kaiming', got {backbone_init!r}")
         if len(encoder_features) != DOWNSAMPLINGS + 1 or len(decoder_features) != DOWNSAMPLINGS + 2:
             raise ValueError("need 5 encoder and 6 decoder feature counts")
         self.activation_checkpointing = activation_checkpointing
@@ -123,6 +131,11 @@ class DualHeadUNet(nn.Module):
         for head in (self.head_x2y, self.head_y2x):
             nn.init.normal_(head.weight, mean=0.0, std=head_init_std)
             nn.init.zeros_(head.bias)
+        if backbone_init == "kaiming":
+            for block in (*self.encoder, *self.decoder, *self.refine):
+                convolution = block[0]
+                nn.init.kaiming_normal_(convolution.weight, a=0.2, nonlinearity="leaky_relu")
+                nn.init.zeros_(convolution.bias)
 
     def _backbone(self, pair: torch.Tensor) -> torch.Tensor:
         features = []
