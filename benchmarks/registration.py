@@ -12,8 +12,9 @@ What it does, in order:
    transform, warped image and warped labels written), on ``--threads`` threads
    (``OMP_NUM_THREADS``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` and ITK's global default):
 
-   * ``cocyclereg``: the ``cocyclereg register`` command line (Python start-up, imports, model
-     load, rigid pre-alignment, network, the model's recommended refinement, outputs), with
+   * ``cocyclereg``: the ``cocyclereg register`` command line (Python start-up, imports and
+     loading the compiled kernels of ``cocyclereg.kernels``, model load, rigid pre-alignment,
+     network, the model's recommended refinement, outputs), with
      ``--summary`` for its stage times; its peak memory is the process's maximum resident set
      size (``wait4``).
    * ``cocyclereg-network``: the same with ``--refine-steps 0``: the network's fields alone.

@@ -68,7 +68,9 @@ def _print_stage(stage: str) -> None:
 def _register(args: argparse.Namespace) -> int:
     from cocyclereg import kernels
 
-    kernels.load_in_background()  # beside the imports below (torch) and the input checks
+    # The compiled kernels load here, with the imports, before any input is read: beside
+    # torch's import a loading thread would slow both (they share the interpreter).
+    kernels.load_in_background().result()
     from cocyclereg.errors import InputError
     from cocyclereg.register import register
     from cocyclereg.resources import resolve_model

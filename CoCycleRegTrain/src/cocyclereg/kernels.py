@@ -355,9 +355,9 @@ def load_in_background() -> Future:
     (``result()`` waits for it and raises what it raised)."""
     global _LOADER
     if _LOADER is None:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocyclereg-kernels") as pool:
-            _LOADER = pool.submit(warm_up)
-            pool.shutdown(wait=False)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocyclereg-kernels")
+        _LOADER = pool.submit(warm_up)
+        pool.shutdown(wait=False)  # the thread ends when warm_up returns
     return _LOADER
 
 
