@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -65,12 +66,24 @@ def _print_stage(stage: str) -> None:
     print(f"stage: {stage}", file=sys.stderr, flush=True)
 
 
-def _register(args: argparse.Namespace) -> int:
+def _load_kernels() -> None:
+    """Loads the compiled kernels (:mod:`cocyclereg.kernels`) with the imports, before any
+    input is read (a loading thread beside torch's import would slow both: they share the
+    interpreter); says so when they had to be compiled, the first time after installation."""
     from cocyclereg import kernels
 
-    # The compiled kernels load here, with the imports, before any input is read: beside
-    # torch's import a loading thread would slow both (they share the interpreter).
+    started = time.perf_counter()
     kernels.load_in_background().result()
+    seconds = time.perf_counter() - started
+    if seconds > 5:
+        print(
+            f"compiled cocyclereg's kernels in {seconds:.0f} s (once after installation)",
+            file=sys.stderr,
+        )
+
+
+def _register(args: argparse.Namespace) -> int:
+    _load_kernels()
     from cocyclereg.errors import InputError
     from cocyclereg.register import register
     from cocyclereg.resources import resolve_model
@@ -130,6 +143,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _load_kernels()
     from cocyclereg.demo import report, run_demo
 
     result = run_demo(args.output, args.model, args.device, figure=args.figure)
