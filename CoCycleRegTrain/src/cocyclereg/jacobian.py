@@ -32,11 +32,12 @@ def jacobian_determinant_array(
     displacement_mm = np.asarray(displacement_mm)
     if displacement_mm.dtype not in (np.float32, np.float64):
         displacement_mm = displacement_mm.astype(np.float64)
+    # contiguous and writeable (a read-only view, e.g. of a SimpleITK image, is copied): the
+    # one array type the kernel is compiled for
+    displacement_mm = np.require(displacement_mm, requirements=["C", "W"])
     matrix = grid.index_to_physical_matrix
     determinant = np.empty(displacement_mm.shape[:3], dtype=dtype)
-    kernels.jacobian_determinant(
-        np.ascontiguousarray(displacement_mm), matrix, 1.0 / np.linalg.det(matrix), determinant
-    )
+    kernels.jacobian_determinant(displacement_mm, matrix, 1.0 / np.linalg.det(matrix), determinant)
     return determinant
 
 

@@ -113,6 +113,16 @@ def _row_value(row, inside_row, to_field, field_offset, linear, constant, i, j, 
         out[a] = value
 
 
+@numba.njit(inline="always", **_JIT)
+def _value(field, rows, row, inside_row, to_field, field_offset, linear, constant, i, j, k, out):
+    """The affine-plus-field value at ``(i, j, k)`` into ``out``: from the row's interpolated
+    field when ``rows`` (:func:`_along_rows`), else from the field itself."""
+    if rows:
+        _row_value(row, inside_row, to_field, field_offset, linear, constant, i, j, k, out)
+    else:
+        _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k, out)
+
+
 @numba.njit(parallel=True, **_JIT)
 def affine_plus_field(field, to_field, field_offset, linear, constant, out):
     """``out[k, j, i, :]`` = the affine-plus-field value at every target voxel.
@@ -130,14 +140,10 @@ def affine_plus_field(field, to_field, field_offset, linear, constant, out):
         for j in range(height):
             inside_row = _field_row(field, to_field, field_offset, j, k, row) if rows else False
             for i in range(width):
-                if rows:
-                    _row_value(
-                        row, inside_row, to_field, field_offset, linear, constant, i, j, k, value
-                    )
-                else:
-                    _affine_plus_field(
-                        field, to_field, field_offset, linear, constant, i, j, k, value
-                    )
+                _value(
+                    field, rows, row, inside_row, to_field, field_offset, linear, constant,
+                    i, j, k, value,
+                )  # fmt: skip
                 out[k, j, i, 0] = value[0]
                 out[k, j, i, 1] = value[1]
                 out[k, j, i, 2] = value[2]
@@ -170,14 +176,10 @@ def sample_through(
         for j in range(height):
             inside_row = _field_row(field, to_field, field_offset, j, k, row) if rows else False
             for i in range(width):
-                if rows:
-                    _row_value(
-                        row, inside_row, to_field, field_offset, linear, constant, i, j, k, position
-                    )
-                else:
-                    _affine_plus_field(
-                        field, to_field, field_offset, linear, constant, i, j, k, position
-                    )
+                _value(
+                    field, rows, row, inside_row, to_field, field_offset, linear, constant,
+                    i, j, k, position,
+                )  # fmt: skip
                 inside_i, i0, i1, fi = _axis(position[0], size_i)
                 inside_j, j0, j1, fj = _axis(position[1], size_j)
                 inside_k, k0, k1, fk = _axis(position[2], size_k)
