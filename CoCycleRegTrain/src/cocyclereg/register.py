@@ -281,8 +281,9 @@ def register(
     seconds: dict[str, float] = {}
     report("load")
     started = time.perf_counter()
-    # The output stage's compiled loops load (or compile) beside the reading and pre-alignment,
-    # unless the caller started that already (the command line does, at its start).
+    # The compiled loops of the refinement and output stages load (or compile) beside the
+    # reading, pre-alignment and network, unless the caller loaded them already (the command
+    # line does, at its start).
     compiled = kernels.load_in_background()
     fixed = read_image(fixed) if not isinstance(fixed, sitk.Image) else fixed
     moving = read_image(moving) if not isinstance(moving, sitk.Image) else moving
@@ -342,6 +343,9 @@ def register(
     if refinement.steps:
         report("refine")
     started = time.perf_counter()
+    # The kernels have usually loaded by now; waiting here keeps the loading thread from
+    # launching a kernel while this stage does (numba's workqueue layer cannot run two at once).
+    compiled.result()
     forward_flow = refine_flow(forward_flow, moving_tensor, fixed_tensor, refinement)
     if inverse:
         inverse_flow = refine_flow(inverse_flow, fixed_tensor, moving_tensor, refinement)
@@ -349,7 +353,6 @@ def register(
 
     report("output")
     started = time.perf_counter()
-    compiled.result()
     forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
