@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_whole_number,
         metavar="N",
         help="Adam steps of instance optimisation after the network (MIND-SSC similarity and "
-        "diffusion regulariser on the model grid, about 0.05 s each on two CPU cores); 0: the "
+        "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: the "
         "network's fields as they are; default: the model's recommendation (brain-t1t2: 10, "
         "head-ct-mri: 0)",
     )
