@@ -42,7 +42,9 @@ def refine_flow(
     Returns a new tensor (no gradient history) on ``flow``'s device; ``flow`` is unchanged.
     On the CPU (float32) the similarity's gradient comes from one compiled pass
     (:func:`cocyclereg.kernels.warped_mismatch_gradient`), elsewhere from autograd through
-    the warp: the same numbers (tested).
+    the warp: the same numbers (tested), except where a point lands exactly on a voxel centre
+    (a zero start field): there the interpolant has a kink, the compiled pass takes the mean
+    of its one-sided slopes and autograd one of them, chosen by float rounding.
     """
     if refinement.steps == 0:
         return flow.detach().clone()
