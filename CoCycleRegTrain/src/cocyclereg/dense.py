@@ -132,13 +132,14 @@ def resample_through(
         if interpolation == "linear":
             default = float(array.min()) if defaults[position] is None else defaults[position]
             warped = np.empty(target.shape, np.float32)
-            if labelled and nearest is None:  # found in the same pass
+            find_nearest = labelled and nearest is None  # in the same pass
+            if find_nearest:
                 nearest = np.empty(target.shape, index_type)
-                index = nearest
-            else:
-                index = no_index
             intensities = np.array(array, np.float32)  # a writeable copy: one compiled variant
-            kernels.sample_through(*positions, source_size, intensities, default, warped, index)
+            kernels.sample_through(
+                *positions, source_size, intensities, default, warped,
+                nearest if find_nearest else no_index,
+            )  # fmt: skip
             results.append(warped)
         else:
             if nearest is None:

@@ -278,8 +278,8 @@ def _weighted(a, c, k0, k1, wk0, wk1, j0, j1, wj0, wj1, i0, i1, wi0, wi1):
 
 @numba.njit(parallel=True, **_JIT)
 def warped_mismatch_gradient(source, target, voxels, flow, gradient):
-    """Sum of squared differences between ``source`` warped by ``flow`` and ``target`` at the
-    voxels ``voxels``, and its gradient with respect to ``flow`` there: the warp of
+    """The gradient, with respect to ``flow``, of the sum of squared differences between
+    ``source`` warped by ``flow`` and ``target`` at the voxels ``voxels``: the warp of
     :class:`cocyclereg.spatial_transformer.SpatialTransformer` (trilinear, border clamped),
     differentiated as torch does, except at voxel centres (see :func:`_clamped_axis`).
 
@@ -290,19 +290,16 @@ def warped_mismatch_gradient(source, target, voxels, flow, gradient):
         flow: ``(3, D, H, W)`` float32 voxel displacements, channels (D, H, W): voxel ``v``
             samples ``source`` at ``v + flow[:, v]``.
         gradient: ``(3, M)`` float32, written with ``d sum / d flow[:, v]`` for each voxel.
-
-    Returns the sum (float64) over channels and voxels.
     """
     depth, height, width, channels = source.shape
     count = voxels.shape[0]
-    partial = np.zeros(count)
     for m in numba.prange(count):
         d, h, w = voxels[m, 0], voxels[m, 1], voxels[m, 2]
         k0, k1, fk, kb, ka, sk = _clamped_axis(d + np.float64(flow[0, d, h, w]), depth)
         j0, j1, fj, jb, ja, sj = _clamped_axis(h + np.float64(flow[1, d, h, w]), height)
         i0, i1, fi, ib, ia, si = _clamped_axis(w + np.float64(flow[2, d, h, w]), width)
         across_k, across_j, across_i = kb == k0, jb == j0, ib == i0  # not at a centre
-        along_k = along_j = along_i = total = 0.0
+        along_k = along_j = along_i = 0.0
         for c in range(channels):
             c000, c001 = np.float64(source[k0, j0, i0, c]), np.float64(source[k0, j0, i1, c])
             c010, c011 = np.float64(source[k0, j1, i0, c]), np.float64(source[k0, j1, i1, c])
@@ -315,7 +312,6 @@ def warped_mismatch_gradient(source, target, voxels, flow, gradient):
             near = (1.0 - fj) * near_low + fj * near_high
             far = (1.0 - fj) * far_low + fj * far_high
             residual = (1.0 - fk) * near + fk * far - target[m, c]
-            total += residual * residual
             if sk != 0.0:
                 if across_k:
                     slope_k = far - near
@@ -345,8 +341,6 @@ def warped_mismatch_gradient(source, target, voxels, flow, gradient):
         gradient[0, m] = 2.0 * along_k * sk
         gradient[1, m] = 2.0 * along_j * sj
         gradient[2, m] = 2.0 * along_i * si
-        partial[m] = total
-    return partial.sum()
 
 
 _LOADER: Future | None = None
@@ -364,13 +358,15 @@ def load_in_background() -> Future:
 
 
 def warm_up() -> None:
-    """Loads (or, the first time, compiles) every kernel for the dtypes the package uses, on
-    tiny arrays."""
+    """Loads (or, the first time, compiles) every kernel for the array types
+    :func:`cocyclereg.register.register` passes (float32 fields, Jacobian and images), on tiny
+    arrays; other types (float64 fields in training and tests) compile on first use."""
     field = np.zeros((3, 2, 2, 2))
     eye, zero = np.eye(3), np.zeros(3)
-    for dtype in (np.float32, np.float64):
-        affine_plus_field(field, eye, zero, eye, zero, np.empty((2, 2, 2, 3), dtype))
-        jacobian_determinant(np.zeros((2, 2, 2, 3), dtype), eye, 1.0, np.empty((2, 2, 2), dtype))
+    affine_plus_field(field, eye, zero, eye, zero, np.empty((2, 2, 2, 3), np.float32))
+    jacobian_determinant(
+        np.zeros((2, 2, 2, 3), np.float32), eye, 1.0, np.empty((2, 2, 2), np.float32)
+    )
     source, voxels = np.zeros((2, 2, 2, 1), np.float32), np.zeros((1, 3), np.int64)
     warped_mismatch_gradient(
         source, np.zeros((1, 1), np.float32), voxels, np.zeros((3, 2, 2, 2), np.float32),
