@@ -28,3 +28,24 @@ def test_loading_does_not_hold_up_the_caller():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert printed == ["False", "True"]
+
+
+def test_kernels_use_and_keep_pytorchs_thread_count():
+    # In a new process, so the OpenMP runtime starts from its defaults: numba's OpenMP layer
+    # shares it with PyTorch and, unchecked, raised PyTorch's count to every core.
+    code = (
+        "import numba, numpy as np, torch\n"
+        "from cocyclereg.grid import Grid\n"
+        "from cocyclereg.jacobian import jacobian_determinant_array\n"
+        "grid = Grid((4, 5, 6), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
+        "for threads in (1, 2, 1):\n"
+        "    torch.set_num_threads(threads)\n"
+        "    torch.nn.functional.conv3d(torch.rand(1, 1, 9, 9, 9), torch.rand(1, 1, 3, 3, 3))\n"
+        "    jacobian_determinant_array(np.zeros((6, 5, 4, 3)), grid)\n"
+        "    print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    cores = min(2, __import__("numba").config.NUMBA_NUM_THREADS)
+    assert printed == ["1", "1", "2", str(cores), "1", "1"]

@@ -15,6 +15,10 @@ Conventions shared by the kernels:
   images: inside when every index lies in ``[-0.5, n - 0.5)``, trilinear with the index
   clamped to ``[0, n - 1]`` there, and zero (for fields) outside.
 * Arithmetic is float64 whatever the output dtype.
+* The parallel kernels use as many threads as PyTorch does in the calling thread
+  (``torch.get_num_threads()``) and leave PyTorch's count as it was: numba's OpenMP layer shares
+  PyTorch's OpenMP runtime, and left alone it sets both to every core (measured: a training
+  process limited to one thread beside another ran its steps 4x slower after one validation).
 
 Compiled code is cached beside this file (``cache=True``): the first use after installation
 compiles (about ten seconds); later processes load it (about half a second, mostly numba
@@ -24,12 +28,31 @@ a background thread, so a program can do it while it starts up and reads its inp
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numba
 import numpy as np
+import torch
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+def _with_torch_threads(kernel):
+    """``kernel`` (a parallel dispatcher) run on ``torch.get_num_threads()`` threads, with
+    PyTorch's thread count restored afterwards (see the module docstring)."""
+
+    @functools.wraps(kernel.py_func)
+    def run(*arguments):
+        threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            return kernel(*arguments)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    return run
 
 
 @numba.njit(inline="always", **_JIT)
@@ -123,6 +146,7 @@ def _value(field, rows, row, inside_row, to_field, field_offset, linear, constan
         _affine_plus_field(field, to_field, field_offset, linear, constant, i, j, k, out)
 
 
+@_with_torch_threads
 @numba.njit(parallel=True, **_JIT)
 def affine_plus_field(field, to_field, field_offset, linear, constant, out):
     """``out[k, j, i, :]`` = the affine-plus-field value at every target voxel.
@@ -149,6 +173,7 @@ def affine_plus_field(field, to_field, field_offset, linear, constant, out):
                 out[k, j, i, 2] = value[2]
 
 
+@_with_torch_threads
 @numba.njit(parallel=True, **_JIT)
 def sample_through(
     field, to_field, field_offset, linear, constant, source_size, image, default, warped, nearest
@@ -199,6 +224,7 @@ def sample_through(
                         nearest[k, j, i] = -1
 
 
+@_with_torch_threads
 @numba.njit(parallel=True, **_JIT)
 def jacobian_determinant(displacement, matrix, scale, out):
     """``out[k, j, i] = scale * det(matrix + G)``, ``G[a, b]`` the derivative of component
@@ -276,6 +302,7 @@ def _weighted(a, c, k0, k1, wk0, wk1, j0, j1, wj0, wj1, i0, i1, wi0, wi1):
     )
 
 
+@_with_torch_threads
 @numba.njit(parallel=True, **_JIT)
 def warped_mismatch_gradient(source, target, voxels, flow, gradient):
     """The gradient, with respect to ``flow``, of the sum of squared differences between
