@@ -9,6 +9,13 @@ import sys
 from cocyclereg import kernels
 
 
+def _printed_by_new_process(code: str) -> list[str]:
+    """What ``code`` prints, run by a new Python process, split into words."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 def test_the_kernels_load_once_per_process_in_the_background():
     first = kernels.load_in_background()
     assert kernels.load_in_background() is first
@@ -24,9 +31,7 @@ def test_loading_does_not_hold_up_the_caller():
         "loading.result()\n"
         "print(loading.done())\n"
     )
-    printed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    printed = _printed_by_new_process(code)
     assert printed == ["False", "True"]
 
 
@@ -44,8 +49,6 @@ def test_kernels_use_and_keep_pytorchs_thread_count():
         "    jacobian_determinant_array(np.zeros((6, 5, 4, 3)), grid)\n"
         "    print(torch.get_num_threads(), numba.get_num_threads())\n"
     )
-    printed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    printed = _printed_by_new_process(code)
     cores = min(2, __import__("numba").config.NUMBA_NUM_THREADS)
     assert printed == ["1", "1", "2", str(cores), "1", "1"]
