@@ -333,3 +333,46 @@ def test_the_inverse_is_computed_only_when_asked():
     moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
     result = register(fixed, moving, _constant_model(), affine=False, device="cpu", inverse=False)
     assert result.inverse_transform is None and result.transform.GetSize() == fixed.GetSize()
+
+
+class _MustNotRun(torch.nn.Module):
+    def forward(self, *images):
+        raise AssertionError("the network ran")
+
+
+def test_without_the_network_the_refinement_starts_from_the_prealignment(tmp_path):
+    from cocyclereg.cli import main
+
+    grid = TEST_GRIDS["oblique-flip-x"]  # one grid, so the images overlap everywhere
+    fixed = image_on(grid, smooth_volume(grid, seed=3))
+    moving = image_on(grid, smooth_volume(grid, seed=4))
+    _, info = _constant_model()
+    model = (_MustNotRun(), info)
+
+    unrefined = register(
+        fixed, moving, model, affine=False, device="cpu", refine_steps=0, use_network=False
+    )
+    assert not unrefined.used_network
+    np.testing.assert_array_equal(displacement_array(unrefined.transform), 0.0)
+    np.testing.assert_array_equal(displacement_array(unrefined.inverse_transform), 0.0)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(unrefined.jacobian), 1.0, atol=1e-6)
+
+    refined = register(
+        fixed, moving, model, affine=False, device="cpu", refine_steps=3, use_network=False
+    )
+    assert np.abs(displacement_array(refined.transform)).max() > 0.01  # mm
+
+    # The command line's --no-network reaches the engine and the summary.
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    from cocyclereg.model_file import save_model
+
+    path = save_model(tmp_path / "model.cocyclereg", *_constant_model())
+    arguments = ["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving"]
+    arguments += [str(tmp_path / "m.nii.gz"), "--model", str(path), "--no-affine"]
+    arguments += ["--refine-steps", "0", "--transform", str(tmp_path / "t.h5")]
+    assert main([*arguments, "--no-network", "--summary", str(tmp_path / "s.json")]) == 0
+    summary = __import__("json").loads((tmp_path / "s.json").read_text())
+    assert summary["network"] is False
+    transform = sitk.ReadTransform(str(tmp_path / "t.h5"))
+    assert transform.TransformPoint((1.0, 2.0, 3.0)) == pytest.approx((1.0, 2.0, 3.0))

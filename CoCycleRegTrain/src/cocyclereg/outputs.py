@@ -26,6 +26,7 @@ def registration_summary(result, fixed, moving, model) -> dict:
             k: result.model.provenance.get(k) for k in ("cocyclereg_version", "exported", "steps")
         },
         "device": result.device,
+        "network": result.used_network,
         "refinement": result.refinement.as_dict(),
         "seconds": result.seconds,
         "folding": result.folding.as_dict(),

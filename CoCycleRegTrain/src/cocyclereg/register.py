@@ -75,6 +75,7 @@ class RegistrationResult:
     device: str
     refinement: Refinement = field(default_factory=Refinement)
     seconds: dict[str, float] = field(default_factory=dict)
+    used_network: bool = True
 
 
 AFFINE_SPACING_MM = 3.0
@@ -256,6 +257,7 @@ def register(
     inverse: bool = True,
     progress: Callable[[str], None] | None = None,
     refine_steps: int | None = None,
+    use_network: bool = True,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -276,6 +278,9 @@ def register(
         refine_steps: Adam steps of instance optimisation after the network
             (:mod:`cocyclereg.refine`); ``None``: the model file's recommendation; 0: the
             network's fields as they are. The inverse field is refined only if ``inverse``.
+        use_network: start the refinement from the network's fields; ``False``: from zero
+            fields (the pre-aligned images as they are), so only the model's grid,
+            normalisation and refinement settings are used: instance optimisation alone.
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
@@ -326,15 +331,19 @@ def register(
     moving_array = _normalised(moving, grid, info.normalization[moving_side], pre_alignment)
     seconds["preprocess"] = time.perf_counter() - started
 
-    report("network")
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
-    with torch.no_grad():
-        if moving_is_x:
-            forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
-        else:
-            inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
+    if use_network:
+        report("network")
+        with torch.no_grad():
+            if moving_is_x:
+                forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
+            else:
+                inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
+    else:
+        forward_flow = torch.zeros((1, 3, *fixed_tensor.shape[2:]), device=torch_device)
+        inverse_flow = torch.zeros_like(forward_flow)
     seconds["network"] = time.perf_counter() - started
 
     refinement = (
@@ -394,4 +403,5 @@ def register(
         device=str(torch_device),
         refinement=refinement,
         seconds=seconds,
+        used_network=use_network,
     )
