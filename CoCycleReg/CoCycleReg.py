@@ -81,6 +81,7 @@ class CoCycleRegParameterNode:
     movingModality: str = ""
     affine: bool = True
     refine: bool = True
+    network: bool = True
     cpuOnly: bool = False
     makeInverse: bool = True
     makeWarped: bool = True
@@ -225,6 +226,7 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             fixed_modality=fixed,
             affine=p.affine,
             refine=p.refine,
+            network=p.network,
             cpu_only=p.cpuOnly,
             inverse=p.makeInverse,
             warped=p.makeWarped,

@@ -270,9 +270,11 @@ def json_affine(files):
 
 
 @pytest.mark.parametrize("refine", [True, False])
-def test_the_refine_switch_reaches_the_package_command_line(tmp_path, refine):
-    """Off: ``--refine-steps 0`` (network only); on: the model's recommendation (no option).
-    The module's command must parse with the package's own parser."""
+@pytest.mark.parametrize("network", [True, False])
+def test_the_refine_and_network_switches_reach_the_package_command_line(tmp_path, refine, network):
+    """Refine off: ``--refine-steps 0`` (network only); on: the model's recommendation (no
+    option). Network off: ``--no-network`` (refinement alone). The module's command must parse
+    with the package's own parser."""
     from CoCycleRegLib.pipeline import RunFiles
 
     from cocyclereg.cli import build_parser
@@ -281,8 +283,9 @@ def test_the_refine_switch_reaches_the_package_command_line(tmp_path, refine):
         *(tmp_path, tmp_path / "f.nrrd", tmp_path / "m.nrrd", tmp_path / "t.h5"),
         *(None, None, None, tmp_path / "s.json"),
     )
-    request = RegistrationRequest(None, None, "model.cocyclereg", refine=refine)
+    request = RegistrationRequest(None, None, "model.cocyclereg", refine=refine, network=network)
     command = register_command(request, files)
     assert command[1:4] == ["-m", "cocyclereg", "register"]
     arguments = build_parser().parse_args(command[3:])
     assert arguments.refine_steps == (None if refine else 0)
+    assert arguments.network is network

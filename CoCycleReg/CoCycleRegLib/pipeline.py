@@ -26,6 +26,7 @@ class RegistrationRequest:
     moving_modality: str | None = None
     affine: bool = True
     refine: bool = True  # False: the network's fields only (--refine-steps 0)
+    network: bool = True  # False: the refinement alone, from the pre-alignment (--no-network)
     cpu_only: bool = False
     inverse: bool = True
     warped: bool = True
@@ -147,6 +148,8 @@ def register_command(
     command.append("--affine" if request.affine else "--no-affine")
     if not request.refine:
         command += ["--refine-steps", "0"]
+    if not request.network:
+        command.append("--no-network")
     command += ["--device", "cpu" if request.cpu_only else "auto"]
     return command
 
