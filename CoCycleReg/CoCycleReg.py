@@ -198,6 +198,8 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.movingModalityComboBox.addItems(list(card.modalities))
             if previous in card.modalities:
                 self.ui.movingModalityComboBox.currentText = previous
+            if self._parameterNode is not None:
+                self._parameterNode.network = card.use_network  # the model's recommendation
         self.updateModalities()
 
     def updateModalities(self, *args) -> None:

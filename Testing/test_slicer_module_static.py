@@ -91,7 +91,14 @@ def test_model_card_shows_the_recommended_refinement(model_file, tmp_path):
     save_model(refined, network, dataclasses.replace(info, refinement=Refinement(steps=12)))
     card = models.read_model_card(refined)
     assert card.refine_steps == 12 and "Refines each pair in 12 steps" in card.description()
+    assert card.use_network and "refinement alone" not in card.description()
     assert "Refines" not in models.read_model_card(model_file).description()
+
+    alone = tmp_path / "alone.cocyclereg"
+    recommendation = Refinement(steps=12, use_network=False)
+    save_model(alone, network, dataclasses.replace(info, refinement=recommendation))
+    card = models.read_model_card(alone)
+    assert not card.use_network and "refinement alone" in card.description()
 
 
 def test_model_card_refuses_other_files(tmp_path):

@@ -31,6 +31,7 @@ class ModelCard:
     intended_use: str
     provenance: dict
     refine_steps: int = 0  # instance-optimisation steps the model recommends at inference
+    use_network: bool = True  # False: it recommends the refinement alone (--no-network)
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -49,6 +50,11 @@ class ModelCard:
             lines.append(f"Training steps: {steps}")
         if self.refine_steps:
             lines.append(f"Refines each pair in {self.refine_steps} steps unless told not to.")
+        if not self.use_network:
+            lines.append(
+                "Recommends the refinement alone, from the pre-aligned images: its network "
+                "was measured less accurate on unseen subjects (see its model card)."
+            )
         lines.append("Research software, not a medical device.")
         return "<br>".join(lines)
 
@@ -75,6 +81,7 @@ def read_model_card(path) -> ModelCard:
             intended_use=str(provenance.get("intended_use", "")),
             provenance=provenance,
             refine_steps=int(document.get("refinement", {}).get("steps", 0)),
+            use_network=document.get("refinement", {}).get("use_network", True) is not False,
         )
     except ModelCardError:
         raise

@@ -26,7 +26,7 @@ class RegistrationRequest:
     moving_modality: str | None = None
     affine: bool = True
     refine: bool = True  # False: the network's fields only (--refine-steps 0)
-    network: bool = True  # False: the refinement alone, from the pre-alignment (--no-network)
+    network: bool | None = None  # False: the refinement alone (--no-network); None: the model's
     cpu_only: bool = False
     inverse: bool = True
     warped: bool = True
@@ -148,8 +148,8 @@ def register_command(
     command.append("--affine" if request.affine else "--no-affine")
     if not request.refine:
         command += ["--refine-steps", "0"]
-    if not request.network:
-        command.append("--no-network")
+    if request.network is not None:
+        command.append("--network" if request.network else "--no-network")
     command += ["--device", "cpu" if request.cpu_only else "auto"]
     return command
 

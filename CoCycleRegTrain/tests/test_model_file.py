@@ -41,7 +41,7 @@ def _info() -> ModelInfo:
         },
         provenance={"steps": 12},
         validation={"dice": 0.8},
-        refinement=Refinement(steps=9, smoothness=2.0, learning_rate=0.1),
+        refinement=Refinement(steps=9, smoothness=2.0, learning_rate=0.1, use_network=False),
     )
 
 
@@ -113,6 +113,12 @@ def test_damaged_foreign_and_future_files(tmp_path):
     with pytest.raises(ModelFileError, match="damaged"):
         load_model(bad_refinement)
 
+    not_a_switch = tmp_path / "not-a-switch.cocyclereg"
+    text = _info().to_json().replace('"use_network": false', '"use_network": "no"')
+    save_file({"w": torch.zeros(2)}, str(not_a_switch), metadata={"cocyclereg": text})
+    with pytest.raises(ModelFileError, match="damaged"):
+        load_model(not_a_switch)
+
     older = tmp_path / "older.cocyclereg"  # written before refinement existed: none
     document = json.loads(_info().to_json())
     del document["refinement"]
@@ -125,6 +131,9 @@ def test_damaged_foreign_and_future_files(tmp_path):
         metadata={"cocyclereg": json.dumps(document)},
     )
     assert read_model_info(older).refinement == Refinement()
+    document["refinement"] = {"steps": 4}  # before use_network existed: the network starts
+    save_file(safetensors_load(older), str(older), metadata={"cocyclereg": json.dumps(document)})
+    assert read_model_info(older).refinement == Refinement(steps=4, use_network=True)
 
     mismatched = tmp_path / "mismatched.cocyclereg"
     save_model(mismatched, DualHeadUNet(), _info())  # weights of another architecture

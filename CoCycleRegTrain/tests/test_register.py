@@ -3,12 +3,15 @@ labels, and refusals. A network with constant heads makes the expected fields ex
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from conftest import TEST_GRIDS, image_on, smooth_volume
 
+from cocyclereg.config import Refinement
 from cocyclereg.displacement import displacement_array, transform_to_displacement_field
 from cocyclereg.errors import GeometryError, InputError
 from cocyclereg.grid import Grid
@@ -362,17 +365,27 @@ def test_without_the_network_the_refinement_starts_from_the_prealignment(tmp_pat
     )
     assert np.abs(displacement_array(refined.transform)).max() > 0.01  # mm
 
-    # The command line's --no-network reaches the engine and the summary.
+    # A model file can recommend starting without its network; register follows it.
+    skipping = (_MustNotRun(), replace(info, refinement=Refinement(steps=0, use_network=False)))
+    assert not register(fixed, moving, skipping, affine=False, device="cpu").used_network
+
+    # On the command line, --network and --no-network override the model's recommendation.
     sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
     sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
     from cocyclereg.model_file import save_model
 
-    path = save_model(tmp_path / "model.cocyclereg", *_constant_model())
+    network, _ = _constant_model()
+    path = save_model(tmp_path / "model.cocyclereg", network, skipping[1])
     arguments = ["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving"]
     arguments += [str(tmp_path / "m.nii.gz"), "--model", str(path), "--no-affine"]
-    arguments += ["--refine-steps", "0", "--transform", str(tmp_path / "t.h5")]
-    assert main([*arguments, "--no-network", "--summary", str(tmp_path / "s.json")]) == 0
-    summary = __import__("json").loads((tmp_path / "s.json").read_text())
-    assert summary["network"] is False
-    transform = sitk.ReadTransform(str(tmp_path / "t.h5"))
-    assert transform.TransformPoint((1.0, 2.0, 3.0)) == pytest.approx((1.0, 2.0, 3.0))
+    arguments += ["--transform", str(tmp_path / "t.h5"), "--summary", str(tmp_path / "s.json")]
+    point = fixed.TransformContinuousIndexToPhysicalPoint([n / 2 for n in fixed.GetSize()])
+    for extra, expected in (
+        ([], point),
+        (["--network"], np.add(point, _expected_mm(FORWARD_VOXELS))),
+    ):
+        assert main([*arguments, *extra]) == 0
+        summary = __import__("json").loads((tmp_path / "s.json").read_text())
+        assert summary["network"] is bool(extra)
+        transform = sitk.ReadTransform(str(tmp_path / "t.h5"))
+        assert transform.TransformPoint(point) == pytest.approx(tuple(expected))

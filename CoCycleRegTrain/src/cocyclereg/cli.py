@@ -185,7 +185,12 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cocyclereg.training import export_checkpoint
 
-    refinement = Refinement(args.refine_steps, args.refine_smoothness, args.refine_learning_rate)
+    refinement = Refinement(
+        args.refine_steps,
+        args.refine_smoothness,
+        args.refine_learning_rate,
+        use_network=args.refine_from == "network",
+    )
     path = export_checkpoint(args.run, args.output, args.name, args.intended_use, refinement)
     print(f"model written to {path}")
     return 0
@@ -341,11 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     registration.add_argument(
         "--network",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start the refinement from the network's fields (default: on); --no-network "
-        "starts it from the pre-aligned images as they are: instance optimisation alone, "
-        "which was the more accurate on the bundled brain model's held-out test subject "
-        "(see its model card)",
+        default=None,
+        help="--network starts the refinement from the network's fields, --no-network from "
+        "the pre-aligned images as they are (instance optimisation alone; the network is not "
+        "run); default: the model's recommendation (brain-t1t2: --no-network, measured more "
+        "accurate on unseen subjects, see its card; head-ct-mri: --network)",
     )
     registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     registration.set_defaults(handler=_register)
@@ -432,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=Refinement.learning_rate,
         help=f"their Adam learning rate, voxels per step (default {Refinement.learning_rate:g})",
+    )
+    export.add_argument(
+        "--refine-from",
+        choices=["network", "pre-alignment"],
+        default="network",
+        help="where they start by default: the network's fields, or the pre-aligned images "
+        "(the refinement alone; `register --network` overrides it); default: network",
     )
     export.set_defaults(handler=_export)
     return parser

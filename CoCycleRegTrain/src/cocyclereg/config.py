@@ -220,16 +220,23 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Refinement:
     """Instance optimisation at inference (:mod:`cocyclereg.refine`; a model file records the
-    recommended one): ``steps`` Adam steps (0: the network's field as it is), the weight of the
-    diffusion regulariser against the MIND-SSC term, and Adam's learning rate (voxels/step)."""
+    recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
+    diffusion regulariser against the MIND-SSC term, Adam's learning rate (voxels/step), and
+    where it starts: from the network's fields (``use_network``) or from zero fields, the
+    pre-aligned images as they are (the refinement alone; the network is not run)."""
 
     steps: int = 0
     smoothness: float = 1.0
     learning_rate: float = 0.2
+    use_network: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"refinement steps must be a whole number >= 0, got {self.steps!r}")
+        if not isinstance(self.use_network, bool):
+            raise ValueError(
+                f"refinement use_network must be true or false, got {self.use_network!r}"
+            )
         if not self.smoothness >= 0:
             raise ValueError(f"refinement smoothness must be >= 0, got {self.smoothness!r}")
         if not self.learning_rate > 0:
@@ -238,13 +245,14 @@ class Refinement:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Refinement:
         """From a model file's ``refinement`` entry; missing fields take the defaults."""
-        unknown = set(values) - {"steps", "smoothness", "learning_rate"}
+        unknown = set(values) - {"steps", "smoothness", "learning_rate", "use_network"}
         if unknown:
             raise ValueError(f"unknown refinement settings {sorted(unknown)}")
         return cls(
             steps=int(values.get("steps", 0)),
             smoothness=float(values.get("smoothness", cls.smoothness)),
             learning_rate=float(values.get("learning_rate", cls.learning_rate)),
+            use_network=values.get("use_network", cls.use_network),
         )
 
     def as_dict(self) -> dict[str, Any]:

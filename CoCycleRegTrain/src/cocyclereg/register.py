@@ -257,7 +257,7 @@ def register(
     inverse: bool = True,
     progress: Callable[[str], None] | None = None,
     refine_steps: int | None = None,
-    use_network: bool = True,
+    use_network: bool | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -280,7 +280,8 @@ def register(
             network's fields as they are. The inverse field is refined only if ``inverse``.
         use_network: start the refinement from the network's fields; ``False``: from zero
             fields (the pre-aligned images as they are), so only the model's grid,
-            normalisation and refinement settings are used: instance optimisation alone.
+            normalisation and refinement settings are used: instance optimisation alone;
+            ``None``: the model file's recommendation (``Refinement.use_network``).
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
@@ -331,6 +332,12 @@ def register(
     moving_array = _normalised(moving, grid, info.normalization[moving_side], pre_alignment)
     seconds["preprocess"] = time.perf_counter() - started
 
+    refinement = (
+        info.refinement if refine_steps is None else replace(info.refinement, steps=refine_steps)
+    )
+    if use_network is not None:
+        refinement = replace(refinement, use_network=use_network)
+    use_network = refinement.use_network
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
@@ -346,9 +353,6 @@ def register(
         inverse_flow = torch.zeros_like(forward_flow)
     seconds["network"] = time.perf_counter() - started
 
-    refinement = (
-        info.refinement if refine_steps is None else replace(info.refinement, steps=refine_steps)
-    )
     if refinement.steps:
         report("refine")
     started = time.perf_counter()
