@@ -17,9 +17,12 @@ What it does, in order:
      network, the model's recommended refinement, outputs), with
      ``--summary`` for its stage times; its peak memory is the process's maximum resident set
      size (``wait4``).
-   * ``cocyclereg-network``: the same with ``--refine-steps 0``: the network's fields alone.
-   * ``cocyclereg-refine-only``: the same with ``--no-network``: the refinement alone, from
-     the pre-aligned images (the model's grid, normalisation and refinement settings).
+   * ``cocyclereg-network``: the same with ``--network --refine-steps 0``: the network's
+     fields alone.
+   * ``cocyclereg-network-refined``: the same with ``--network``: the model's refinement
+     started from the network's fields.
+   * ``cocyclereg-refine-only`` (not run by default): the same with ``--no-network``: the
+     refinement alone, from the pre-aligned images.
    * ``elastix``: itk-elastix, elastix's default ``affine`` then ``bspline`` parameter maps
      (3 resolutions each, AdvancedMattesMutualInformation, adaptive stochastic gradient
      descent; the B-spline map's final grid spacing ``--elastix-grid`` mm and its default
@@ -86,7 +89,7 @@ DEFAULT_MODEL = (
     / "brain-t1t2.cocyclereg"
 )
 DEFAULT_DATA = Path(os.environ.get("COCYCLEREG_DATA", REPOSITORY.parent / "shared" / "data"))
-OURS = ("cocyclereg", "cocyclereg-network", "cocyclereg-refine-only")
+OURS = ("cocyclereg", "cocyclereg-network", "cocyclereg-network-refined", "cocyclereg-refine-only")
 METHODS = (*OURS, "elastix", "ants", "identity", "truth")
 TIMED = (*OURS, "elastix", "ants")
 SPEED_TARGET = 20.0  # load to written files, times faster than Elastix
@@ -322,10 +325,11 @@ def run_method(method: str, case, folder: Path, args, modalities) -> dict:
             "--transform", str(transform), "--warped", str(folder / "warped.nii.gz"),
             "--summary", str(summary), "--device", "cpu", *args.register_options.split(),
         ]  # fmt: skip
-        if method == "cocyclereg-network":
-            command += ["--refine-steps", "0"]
-        if method == "cocyclereg-refine-only":
-            command += ["--no-network"]
+        command += {
+            "cocyclereg-network": ["--network", "--refine-steps", "0"],
+            "cocyclereg-network-refined": ["--network"],
+            "cocyclereg-refine-only": ["--no-network"],
+        }.get(method, [])
         for source, target in _label_inputs(asdict(case), folder):
             command += ["--labels", source, "--warped-labels", str(target)]
     else:
@@ -567,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the deformations")
     parser.add_argument(
         "--methods",
-        default="cocyclereg,cocyclereg-network,cocyclereg-refine-only,elastix,ants,identity",
+        default="cocyclereg,cocyclereg-network,cocyclereg-network-refined,elastix,ants,identity",
         help=f"comma-separated, among {', '.join(METHODS)}",
     )
     parser.add_argument(

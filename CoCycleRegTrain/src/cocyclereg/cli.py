@@ -338,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-steps",
         type=_whole_number,
         metavar="N",
-        help="Adam steps of instance optimisation after the network (MIND-SSC similarity and "
+        help="Adam steps of instance optimisation on this pair (MIND-SSC similarity and "
         "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: the "
-        "network's fields as they are; default: the model's recommendation (brain-t1t2: 10, "
+        "network's fields as they are; default: the model's recommendation (brain-t1t2: 20, "
         "head-ct-mri: 0)",
     )
     registration.add_argument(

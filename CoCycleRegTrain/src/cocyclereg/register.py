@@ -8,9 +8,10 @@ Stages (each timed):
 2. ``preprocess``: the model grid in the fixed image's physical space (the model's spacing,
    sides a multiple of 16, around the fixed foreground); the fixed image, and the moving image
    through ``A``, resampled onto it and normalised as the model file records.
-3. ``network``: one pass of R gives both fields (voxels on the model grid).
+3. ``network``: one pass of R gives both fields (voxels on the model grid); skipped when the
+   refinement starts from zero fields instead (``use_network``).
 4. ``refine``: optional instance optimisation of the fields on this pair
-   (:mod:`cocyclereg.refine`; the model file recommends the number of steps).
+   (:mod:`cocyclereg.refine`; the model file recommends the number of steps and the start).
 5. ``output``: the forward transform ``T(p) = A(p + u(p))`` sampled on the fixed image's own
    grid, the inverse ``T^-1(m) = q + v(q)`` with ``q = A^-1(m)`` sampled on the moving image's
    grid, the warped moving image and labelmaps, and ``det(I + grad(T - id))`` on the fixed grid.
