@@ -72,6 +72,7 @@ def read_model_card(path) -> ModelCard:
         if document.get("format") != "cocyclereg-model":
             raise ModelCardError(f"{path.name} is not a CoCycleReg model file.")
         provenance = dict(document.get("provenance", {}))
+        refinement = document.get("refinement", {})
         return ModelCard(
             path=path,
             name=str(provenance.get("name") or path.stem),
@@ -80,8 +81,8 @@ def read_model_card(path) -> ModelCard:
             spacing=tuple(float(s) for s in document["grid"]["spacing"]),
             intended_use=str(provenance.get("intended_use", "")),
             provenance=provenance,
-            refine_steps=int(document.get("refinement", {}).get("steps", 0)),
-            use_network=document.get("refinement", {}).get("use_network", True) is not False,
+            refine_steps=int(refinement.get("steps", 0)),
+            use_network=refinement.get("use_network", True) is not False,
         )
     except ModelCardError:
         raise

@@ -76,7 +76,11 @@ class RegistrationResult:
     device: str
     refinement: Refinement = field(default_factory=Refinement)
     seconds: dict[str, float] = field(default_factory=dict)
-    used_network: bool = True
+
+    @property
+    def used_network(self) -> bool:
+        """Whether the network gave the refinement's start (``refinement.use_network``)."""
+        return self.refinement.use_network
 
 
 AFFINE_SPACING_MM = 3.0
@@ -338,11 +342,10 @@ def register(
     )
     if use_network is not None:
         refinement = replace(refinement, use_network=use_network)
-    use_network = refinement.use_network
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
-    if use_network:
+    if refinement.use_network:
         report("network")
         with torch.no_grad():
             if moving_is_x:
@@ -408,5 +411,4 @@ def register(
         device=str(torch_device),
         refinement=refinement,
         seconds=seconds,
-        used_network=use_network,
     )
