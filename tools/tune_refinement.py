@@ -98,7 +98,7 @@ def main() -> None:
                 else refine_flow(flow, x, y, refinement)
             )
             results[name]["seconds"].append(time.perf_counter() - started)
-            error = residual_error_mm(refined, deformation, config.data.deform, spacing_dhw, warp)
+            error = residual_error_mm(refined, deformation, item["deformed"], spacing_dhw, warp)
             results[name]["tre"].append(float(error[0][foreground].mean()))
             results[name]["folding"].append(_fine_folding_percent(refined, grid))
         print(f"item {index + 1}/{len(validation)} ({item['name']}) done", flush=True)

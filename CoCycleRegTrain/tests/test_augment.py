@@ -153,3 +153,33 @@ def test_intensity_noise_has_the_requested_spread_and_stays_in_range():
     assert jittered.dtype == np.float32 and jittered.min() >= 0.0 and jittered.max() <= 1.0
     assert np.std(jittered[5:] - 0.5) == pytest.approx(0.05, rel=0.05)
     assert np.all(jittered[:5] >= 0.0) and np.any(jittered[:5] == 0.0)  # clipped, not negative
+
+
+def test_bias_field_is_smooth_bounded_and_seeded():
+    from cocyclereg.augment import random_bias_field
+
+    shape = (24, 32, 28)
+    bias = random_bias_field(shape, np.random.default_rng(3), strength=0.3)
+    assert bias.shape == shape and bias.dtype == np.float32
+    assert np.exp(-0.3) - 1e-6 <= bias.min() and bias.max() <= np.exp(0.3) + 1e-6
+    assert bias.max() / bias.min() > 1.01  # it does change the image
+    assert np.abs(np.diff(np.log(bias), axis=0)).max() < 0.05  # smooth: a few % per voxel
+    np.testing.assert_array_equal(bias, random_bias_field(shape, np.random.default_rng(3), 0.3))
+    assert np.all(random_bias_field(shape, np.random.default_rng(3), 0.0) == 1.0)
+
+
+def test_appearance_jitter_keeps_the_range_and_blurs():
+    from cocyclereg.augment import appearance_jitter
+
+    volume = np.zeros((20, 20, 20), dtype=np.float32)
+    volume[5:15, 5:15, 5:15] = 0.8
+    spread = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        changed = appearance_jitter(volume, rng, (1.0, 1.0), 0.0, 0.2, blur_voxels=2.0)
+        assert changed.dtype == np.float32 and 0.0 <= changed.min() and changed.max() <= 1.0
+        assert changed[0, 0, 0] < 1e-3 and changed[10, 10, 10] > 0.5
+        spread.append(changed[10, 10, 4] > 1e-3)  # the blur spread the edge
+    assert sum(spread) >= 3
+    sharp = appearance_jitter(volume, np.random.default_rng(0), (1.0, 1.0), 0.0, 0.2, 0.0)
+    assert sharp[10, 10, 4] == 0.0

@@ -168,7 +168,7 @@ def test_mni_templates_of_another_orientation(data_dir, orientation):
         prepared.x, prepared.grid, sitk.ReadImage(str(t1)), prepared.x_intensity_range, inside
     )
     item = PairedVolumes([Case("mni", t1, ct)], data, training=True, seed=0)[0]
-    assert set(item) == {"x", "y", "deformation", "name"}  # no labels, no label keys
+    assert set(item) == {"x", "y", "deformation", "deformed", "foreground", "name"}  # no labels
     for side in ("x", "y"):
         assert item[side].shape == (1, *SHAPE_DHW)
         assert 0.0 <= item[side].min() and item[side].max() <= 1.0 and item[side].max() > 0.5
@@ -203,7 +203,16 @@ def _nearest(labels: np.ndarray, deformation: np.ndarray) -> np.ndarray:
 
 def test_training_item_keys_shapes_ranges_and_labels(training_set, raw_tumor_labels):
     item = training_set[0]
-    assert set(item) == {"x", "y", "x_labels", "y_labels", "deformation", "name"}
+    assert set(item) == {
+        "x",
+        "y",
+        "x_labels",
+        "y_labels",
+        "deformation",
+        "deformed",
+        "foreground",
+        "name",
+    }
     assert item["name"] == "TCGA-DU-7294" and len(training_set) == 1
     for side in ("x", "y"):
         assert item[side].shape == (1, *SHAPE_DHW) and item[side].dtype == torch.float32
@@ -300,3 +309,122 @@ def test_dataset_from_a_csv_file(tmp_path, tcga, raw_tumor_labels):
     item = dataset[0]
     assert item["x"].shape == (1, *SHAPE_DHW) and item["name"] == "TCGA-DU-7294"
     assert set(item["x_labels"].unique().tolist()) <= raw_tumor_labels
+
+
+# ---------------------------------------------------------------------------- training recipe
+
+
+def _recipe(**augmentation) -> DataConfig:
+    return dataclasses.replace(_config(**augmentation), deform="random")
+
+
+def test_a_random_side_is_deformed_and_the_other_left_alone(tcga_case):
+    dataset = PairedVolumes([tcga_case], _recipe(), training=True, seed=0)
+    prepared = dataset.prepared[0]
+    sides = set()
+    for epoch in range(12):
+        item = dataset.sample(0, epoch)
+        side, other = item["deformed"], "y" if item["deformed"] == "x" else "x"
+        sides.add(side)
+        deformation = item["deformation"].numpy()
+        aligned = getattr(prepared, side)
+        np.testing.assert_allclose(
+            item[side][0].numpy(), _trilinear(aligned, deformation), atol=1e-4
+        )
+        np.testing.assert_array_equal(item[other][0].numpy(), getattr(prepared, other))
+    assert sides == {"x", "y"}
+    validation = PairedVolumes([tcga_case], _recipe(), training=False, seed=0)
+    assert [validation[k]["deformed"] for k in range(2)] == ["x", "y"]
+
+
+def test_misalignment_ranges_undeformed_pairs_and_rigid_residual(tcga_case):
+    still = PairedVolumes([tcga_case], _config(undeformed_probability=1.0), training=True)
+    assert float(still.sample(0, 0)["deformation"].abs().max()) == 0.0
+    ranged = PairedVolumes(
+        [tcga_case],
+        _config(
+            elastic_control_spacing_range_mm=(16.0, 48.0),
+            elastic_max_displacement_range_mm=(0.0, 6.0),
+        ),
+        training=True,
+    )
+    largest = [
+        float(np.linalg.norm(ranged.sample(0, e)["deformation"].numpy() * 3.0, axis=0).max())
+        for e in range(6)
+    ]
+    assert max(largest) <= 6.0 + 1e-4 and len(set(np.round(largest, 3))) == 6
+    # A rigid residual alone: a rotation of at most 2 degrees and a shift of at most 2 mm.
+    rigid = PairedVolumes(
+        [tcga_case],
+        _config(elastic=False, rigid_residual_deg=2.0, rigid_residual_mm=2.0),
+        training=True,
+    )
+    lengths_mm = np.linalg.norm(rigid.sample(0, 1)["deformation"].numpy() * 3.0, axis=0)
+    # Largest distance from the centre of a 64x64x48 grid of 3 mm voxels: about 128 mm.
+    assert 0.0 < lengths_mm.max() <= 2.0 * np.sqrt(3) + 128 * np.deg2rad(2.0) * np.sqrt(3)
+
+
+def test_the_anatomy_change_moves_both_images_and_labels_alike(tcga_case):
+    mirror_only = _config(
+        elastic=False,
+        anatomy=True,
+        anatomy_rotation_deg=0.0,
+        anatomy_scale=0.0,
+        anatomy_translation_mm=0.0,
+        flip_probability=1.0,
+    )
+    dataset = PairedVolumes([tcga_case], mirror_only, training=True)
+    prepared, item = dataset.prepared[0], dataset.sample(0, 0)
+    for side in ("x", "y"):  # left-right is the last array axis on the LPS model grid
+        np.testing.assert_allclose(
+            item[side][0].numpy(), getattr(prepared, side)[..., ::-1], atol=1e-5
+        )
+        np.testing.assert_array_equal(
+            item[f"{side}_labels"][0].numpy(), getattr(prepared, f"{side}_labels")[..., ::-1]
+        )
+    moved = PairedVolumes(
+        [tcga_case], _config(elastic=False, anatomy=True, anatomy_elastic_mm=4.0), training=True
+    ).sample(0, 3)
+    assert float(moved["deformation"].abs().max()) == 0.0  # still aligned
+    assert not np.allclose(moved["x"][0].numpy(), prepared.x, atol=0.05)
+    # Co-registered inputs stay co-registered: the shared labelmap moved identically.
+    np.testing.assert_array_equal(moved["x_labels"].numpy(), moved["y_labels"].numpy())
+    # The foreground followed the head.
+    head = moved["foreground"][0].numpy()
+    assert head[moved["y"][0].numpy() > 0.1].all() and not head.all()
+
+
+def test_foreground_is_the_dilated_head(tcga_case):
+    item = PairedVolumes([tcga_case], _config(), training=True).sample(0, 0)
+    prepared = PairedVolumes([tcga_case], _config(), training=True).prepared[0]
+    head = (prepared.x > 0.02) | (prepared.y > 0.02)
+    mask = item["foreground"][0].numpy()
+    assert mask.dtype == bool and mask[head].all()
+    assert mask.sum() > head.sum()  # grown by a few voxels
+    assert mask.mean() < 0.8 and not mask[0, 0, 0]
+
+
+def test_synthetic_pairs_from_label_maps(tmp_path, data_dir, tcga_case):
+    aseg = data_dir / "brain-t1" / "vxm-subject" / "aseg.nii.gz"
+    (tmp_path / "maps.csv").write_text(f"name,labels\nvxm,{aseg}\n")
+    from cocyclereg.data import load_label_maps
+
+    maps = load_label_maps(tmp_path / "maps.csv")
+    data = dataclasses.replace(_recipe(), synthetic_repeats=3)
+    dataset = PairedVolumes([tcga_case], data, training=True, seed=2, label_maps=maps)
+    assert len(dataset) == 1 + 3
+    item = dataset.sample(2, 0)
+    assert item["name"] == "aseg"
+    side, other = item["deformed"], "y" if item["deformed"] == "x" else "x"
+    np.testing.assert_array_equal(item["x_labels"].shape, (1, *SHAPE_DHW))
+    unmoved = item[f"{other}_labels"][0].numpy()
+    assert len(np.unique(unmoved)) > 20 and (item["foreground"][0].numpy()[unmoved > 0]).all()
+    moved = _nearest(unmoved, item["deformation"].numpy())
+    assert (item[f"{side}_labels"][0].numpy() == moved).mean() > 0.99
+    # Two independent contrasts of one anatomy.
+    x, y = item["x"][0].numpy(), item["y"][0].numpy()
+    assert 0.0 <= min(x.min(), y.min()) and max(x.max(), y.max()) <= 1.0
+    assert not np.allclose(x, y, atol=0.1)
+    with pytest.raises(InputError, match="labels"):
+        (tmp_path / "bad.csv").write_text("name,x\nvxm,a.nii.gz\n")
+        load_label_maps(tmp_path / "bad.csv")

@@ -369,3 +369,117 @@ def test_the_known_deformation_term_trains_both_heads(pair_csv, tmp_path):
         assert float(head.bias.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="known deformation"):
         trainer.objective.generator_loss(x, y, None, None, None)
+
+
+def test_end_point_error_follows_each_items_side_and_foreground(pair_csv, tmp_path):
+    trainer = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv,
+                tmp_path / "run",
+                "loss.mode=vmind",
+                "loss.deformation=1.0",
+                "loss.deformation_foreground=true",
+                "data.deform=random",
+                "train.batch_size=2",
+            ),
+        )
+    )
+    batch = trainer.batch_for_step(0)
+    objective, registration = trainer.objective, trainer.networks.registration
+    flow_x2y, flow_y2x = (flow.detach() for flow in registration(batch["x"], batch["y"]))
+
+    def error(flow, deformation, deformed, mask):  # mean over the mask, from the definition
+        from cocyclereg.losses import deformation_residual
+
+        residual = deformation_residual(flow, deformation, deformed, objective.warp)
+        return residual.norm(dim=1)[mask[:, 0]].mean()
+
+    by_hand = []
+    for index, side in enumerate(["x", "y"]):
+        item = slice(index, index + 1)
+        mask = batch["foreground"][item]
+        x_deformed = side == "x"
+        by_hand.append(
+            error(flow_x2y[item], batch["deformation"][item], "a" if x_deformed else "b", mask)
+            + error(flow_y2x[item], batch["deformation"][item], "b" if x_deformed else "a", mask)
+        )
+    measured = objective._end_point_error(
+        flow_x2y, flow_y2x, batch["deformation"], ["x", "y"], batch["foreground"]
+    )
+    torch.testing.assert_close(measured, torch.stack(by_hand).mean())
+    everywhere = objective._end_point_error(
+        flow_x2y, flow_y2x, batch["deformation"], ["x", "y"], None
+    )
+    assert not torch.isclose(measured, everywhere)  # the mask matters
+    with pytest.raises(ValueError, match="random"):
+        objective._end_point_error(flow_x2y, flow_y2x, batch["deformation"], None, None)
+    _, terms = objective.generator_loss(
+        batch["x"],
+        batch["y"],
+        None,
+        None,
+        batch["deformation"],
+        batch["deformed"],
+        batch["foreground"],
+    )
+    assert float(terms["deformation"].detach()) > 0
+
+
+def test_cosine_schedule_decays_every_rate_and_depends_on_the_step_only(pair_csv, tmp_path):
+    trainer = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv,
+                tmp_path / "run",
+                "optim.schedule=cosine",
+                "optim.final_lr_fraction=0.1",
+                "optim.registration_lr=1e-3",
+                "train.steps=100",
+            ),
+        )
+    )
+    factors = [trainer.learning_rate_factor(step) for step in range(0, 101, 10)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1)
+    assert factors[5] == pytest.approx(0.55)
+    assert factors == sorted(factors, reverse=True) and len(set(factors)) == len(factors)
+    trainer.step = 50
+    trainer._set_learning_rates()
+    assert trainer.optimizer_r.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.55)
+    assert trainer.optimizer_g.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.55)
+
+
+def test_validation_scores_both_heads_and_training_may_be_synthetic_only(
+    data_dir, pair_csv, tmp_path
+):
+    aseg = data_dir / "brain-t1" / "vxm-subject" / "aseg.nii.gz"
+    maps = tmp_path / "maps.csv"
+    maps.write_text(f"labels\n{aseg}\n")
+    config = load_config(
+        preset="cpu-small",
+        overrides=[
+            f"data.synthetic={maps}",
+            f"data.validation={pair_csv}",
+            "data.deform=random",
+            "data.validation_deformations=2",
+            f"train.output={tmp_path / 'run'}",
+            "loss.mode=vmind",
+            "loss.deformation=1.0",
+            *FAST,
+        ],
+    )
+    trainer = Trainer(config)
+    assert len(trainer.train_data) == 1 and trainer.train_data.cases == []
+    record = trainer.train_step(trainer.batch_for_step(0))
+    assert record["deformation"] > 0
+    metrics = trainer.validate()
+    for head in ("x2y", "y2x"):
+        for name in ("tre", "dice", "hd95", "folding_percent"):
+            assert f"{head}_{name}" in metrics
+        assert metrics[f"identity_{head}_tre"] > 0
+    assert metrics["tre"] == pytest.approx((metrics["x2y_tre"] + metrics["y2x_tre"]) / 2)
+    # R starts near the identity: each head's error is about the identity's.
+    for head in ("x2y", "y2x"):
+        assert metrics[f"{head}_tre"] == pytest.approx(metrics[f"identity_{head}_tre"], rel=0.1)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d, zoom
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, zoom
 from scipy.spatial.transform import Rotation
 
 from cocyclereg.spatial_transformer import SpatialTransformer
@@ -230,3 +230,43 @@ def intensity_jitter(
     if noise_std > 0:
         jittered = jittered + rng.normal(0.0, noise_std, size=jittered.shape)
     return np.clip(jittered, 0.0, 1.0).astype(np.float32)
+
+
+def random_bias_field(
+    shape_dhw: Sequence[int], rng: np.random.Generator, strength: float
+) -> np.ndarray:
+    """A smooth multiplicative intensity bias ``(D, H, W)`` float32, as MR coils cause.
+
+    ``exp(b)`` with ``b`` drawn normal on a 4x4x4 control grid, cubic-spline upsampled to every
+    voxel and scaled so that ``|b| <= s``, ``s`` uniform in ``[0, strength]``: the bias then
+    stays within ``[exp(-strength), exp(strength)]``. ``strength`` 0 gives ones.
+    """
+    shape_dhw = tuple(int(n) for n in shape_dhw)
+    if strength <= 0:
+        return np.ones(shape_dhw, dtype=np.float32)
+    coarse = rng.standard_normal((4, 4, 4))
+    log_bias = zoom(coarse, [n / 4 for n in shape_dhw], order=3, mode="nearest", grid_mode=False)
+    largest = float(np.abs(log_bias).max())
+    scale = rng.uniform(0.0, strength) / largest if largest > 0 else 0.0
+    return np.exp(scale * log_bias).astype(np.float32)
+
+
+def appearance_jitter(
+    array: np.ndarray,
+    rng: np.random.Generator,
+    gamma: tuple[float, float] = (0.8, 1.25),
+    noise_std: float = 0.01,
+    bias_strength: float = 0.0,
+    blur_voxels: float = 0.0,
+) -> np.ndarray:
+    """A new appearance of an intensity volume in [0, 1]: a smooth bias field
+    (:func:`random_bias_field`, ``bias_strength``), a Gaussian blur of sigma uniform in
+    ``[0, blur_voxels]`` voxels (a lower resolution), then gamma and noise
+    (:func:`intensity_jitter`). Returns float32 in [0, 1] with the shape of ``array``; the
+    geometry (where each structure is) never changes."""
+    changed = np.asarray(array, dtype=np.float32)
+    if bias_strength > 0:
+        changed = changed * random_bias_field(changed.shape, rng, bias_strength)
+    if blur_voxels > 0:
+        changed = gaussian_filter(changed, rng.uniform(0.0, blur_voxels), mode="nearest")
+    return intensity_jitter(changed, rng, gamma, noise_std)

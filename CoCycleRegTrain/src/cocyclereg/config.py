@@ -89,6 +89,8 @@ class LossConfig:
     that misaligned the pair (:func:`cocyclereg.losses.deformation_residual`). The paper's
     objective is unsupervised; this term makes R learn in hundreds of steps instead of tens of
     thousands, at the price of learning the kind of deformation the augmentation draws.
+    ``deformation_foreground`` averages that error over the pair's (dilated) head only, not over
+    the background, where the images say nothing about the motion.
 
     ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
     image similarity term (L1 and the registration MIND terms). Every non-integer warp blurs an
@@ -107,6 +109,7 @@ class LossConfig:
     structure: float = 0.0
     registration_mind: float = 0.0
     deformation: float = 0.0
+    deformation_foreground: bool = False
     similarity_sigma: float = 0.0
     mind_radius: int = 1
     mind_dilation: int = 2
@@ -123,6 +126,9 @@ class OptimConfig:
     ``registration_lr`` (unset in the paper: R uses ``lr``) gives R its own learning rate. R's
     heads start at N(0, 1e-5), so at 1e-4 R needs tens of thousands of steps to move; a short
     CPU training budget needs a larger rate for R than for the generators.
+
+    ``schedule``: ``cosine`` decays every learning rate from its value at step 0 to
+    ``final_lr_fraction`` of it at ``train.steps`` (half a cosine); ``constant`` as published.
     """
 
     lr: float = 1e-4
@@ -133,6 +139,8 @@ class OptimConfig:
     clip_generator: float | None = 20.0
     clip_registration: float | None = None
     registration_warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    final_lr_fraction: float = 0.05
 
 
 @dataclass
@@ -153,20 +161,67 @@ class NormalizationConfig:
 class AugmentationConfig:
     """Random deformations and intensity changes applied to training pairs (seeded).
 
-    The elastic field is the paper's: random displacements on a coarse control grid, Gaussian
-    smoothed, scaled so no voxel folds.
+    Three independent kinds (all off or as published by default):
+
+    * The **misalignment** of the pair, applied to one side (``data.deform``) and known, so the
+      supervised term and validation can measure against it. The elastic field is the paper's:
+      random displacements on a coarse control grid, Gaussian smoothed, scaled so no voxel
+      folds. ``elastic_control_spacing_range_mm`` / ``elastic_max_displacement_range_mm``, when
+      set, draw the control spacing and the maximum uniformly from that range per sample
+      instead of the fixed values; ``undeformed_probability`` leaves that fraction of pairs
+      without elastic motion (the network must learn to stay still); ``rigid_residual_deg`` /
+      ``rigid_residual_mm`` add a small random rigid motion (uniform in ± the bound per axis),
+      like the residual a rigid pre-alignment leaves. ``affine`` adds the larger random affine.
+    * The **anatomy** (``anatomy``): one random affine about the centre (±
+      ``anatomy_rotation_deg`` degrees, 1 ± ``anatomy_scale``, ± ``anatomy_translation_mm`` mm
+      per axis), a smooth warp of at most ``anatomy_elastic_mm`` mm on a 48 mm control grid, and a
+      left-right mirror with probability ``flip_probability``, applied identically to both
+      images and labels before the misalignment: a new head, still aligned.
+    * The **appearance** (``intensity``), per image independently: a smooth multiplicative bias
+      field (``bias_strength``: largest log-amplitude), a blur of sigma up to ``blur_voxels``
+      voxels, gamma in ``gamma`` and Gaussian noise of ``noise_std``.
     """
 
     elastic: bool = True
     elastic_control_spacing_mm: float = 24.0
     elastic_max_displacement_mm: float = 8.0
+    elastic_control_spacing_range_mm: tuple[float, float] | None = None
+    elastic_max_displacement_range_mm: tuple[float, float] | None = None
+    undeformed_probability: float = 0.0
+    rigid_residual_deg: float = 0.0
+    rigid_residual_mm: float = 0.0
     affine: bool = False
     affine_rotation_deg: float = 5.0
     affine_scale: float = 0.05
     affine_translation_mm: float = 5.0
+    anatomy: bool = False
+    anatomy_rotation_deg: float = 10.0
+    anatomy_scale: float = 0.1
+    anatomy_translation_mm: float = 10.0
+    anatomy_elastic_mm: float = 0.0
+    flip_probability: float = 0.0
     intensity: bool = False
     gamma: tuple[float, float] = (0.8, 1.25)
     noise_std: float = 0.01
+    bias_strength: float = 0.0
+    blur_voxels: float = 0.0
+
+
+@dataclass
+class SynthesisConfig:
+    """Images drawn from label maps (SynthMorph-style, :mod:`cocyclereg.synthesis`).
+
+    Every label of a map gets its own random mean intensity (uniform in [0, 1]) and a texture
+    of relative standard deviation up to ``texture_std``, independently for the two images of
+    a pair, so the network sees contrasts no scanner made and cannot rely on one. The
+    background (label 0) is dark with probability ``dark_background_probability``, else
+    random like a label; the image is blurred with a sigma up to ``blur_voxels`` voxels and
+    scaled to [0, 1] by its foreground percentiles.
+    """
+
+    texture_std: float = 0.1
+    dark_background_probability: float = 0.8
+    blur_voxels: float = 1.0
 
 
 @dataclass
@@ -177,10 +232,19 @@ class DataConfig:
     ``x_labels``/``y_labels``, optional ``name``; relative paths are relative to the CSV) or a
     folder of case folders holding ``<x_modality>.nii.gz``, ``<y_modality>.nii.gz`` and
     optionally ``labels.nii.gz``.
+
+    ``synthetic``: a CSV of label maps (columns ``labels``, optional ``name``) from which
+    training pairs are synthesised (see :class:`SynthesisConfig`), each ``synthetic_repeats``
+    times per epoch; it may be the only training data.
+
+    ``deform``: the side whose image the misalignment deforms, ``x``, ``y`` or ``random`` (each
+    training sample draws one; validation pairs alternate).
     """
 
     train: str = ""
     validation: str = ""
+    synthetic: str = ""
+    synthetic_repeats: int = 1
     x_modality: str = "t1"
     y_modality: str = "t2"
     spacing: tuple[float, float, float] = (1.25, 1.2, 1.75)
@@ -189,7 +253,8 @@ class DataConfig:
     x_normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     y_normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    deform: Literal["x", "y"] = "x"
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    deform: Literal["x", "y", "random"] = "x"
     validation_deformations: int = 1
 
 
@@ -452,3 +517,15 @@ def validate(config: Config) -> None:
         raise ConfigError("train.batch_size and train.steps must be at least 1")
     if config.data.x_modality == config.data.y_modality:
         raise ConfigError("data.x_modality and data.y_modality must differ")
+    augmentation = config.data.augmentation
+    for name in ("elastic_control_spacing_range_mm", "elastic_max_displacement_range_mm"):
+        bounds = getattr(augmentation, name)
+        if bounds is not None and not 0 <= bounds[0] <= bounds[1]:
+            raise ConfigError(f"data.augmentation.{name} must be [low, high] with 0 <= low <= high")
+    for name in ("undeformed_probability", "flip_probability"):
+        if not 0 <= getattr(augmentation, name) <= 1:
+            raise ConfigError(f"data.augmentation.{name} must be in [0, 1]")
+    if config.data.synthetic_repeats < 1:
+        raise ConfigError("data.synthetic_repeats must be at least 1")
+    if not 0 <= config.optim.final_lr_fraction <= 1:
+        raise ConfigError("optim.final_lr_fraction must be in [0, 1]")

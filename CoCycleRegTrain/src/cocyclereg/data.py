@@ -6,6 +6,8 @@ T2), optionally with labelmaps. Cases come from a CSV file or from a folder of c
 its ``y`` image (:func:`preprocess_case`), and normalised to [0, 1]. The dataset
 (:class:`PairedVolumes`) then deforms one modality with a seeded random field per sample, as the
 CoCycleReg paper built its training pairs, so the field that misaligns the pair is known.
+Label maps (:func:`load_label_maps`) add synthetic pairs with random contrasts
+(:mod:`cocyclereg.synthesis`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy.ndimage import binary_dilation
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cocyclereg.augment import (
+    appearance_jitter,
     compose_flows,
-    intensity_jitter,
     random_affine_flow,
     random_elastic_flow,
 )
@@ -36,12 +39,16 @@ from cocyclereg.io import VOLUME_SUFFIXES, full_suffix, read_image, read_labels
 from cocyclereg.normalize import normalize
 from cocyclereg.resample import resample_to_grid
 from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
+from cocyclereg.synthesis import synthesize_image
 
 # File names (without suffix) a case folder's shared labelmap may have, in order of preference.
 LABEL_NAMES = ("labels", "tumor", "seg", "aseg")
 CSV_COLUMNS = ("name", "x", "y", "labels", "x_labels", "y_labels")
 _LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _VALIDATION_STREAM = 1  # appended to validation seeds so they never repeat a training sample's
+FOREGROUND_THRESHOLD = 0.02  # normalised intensity above which a voxel is part of the head
+FOREGROUND_DILATION = 3  # voxels the head mask grows by, so motion at its edge still counts
+ANATOMY_CONTROL_SPACING_MM = 48.0  # control grid of the anatomy augmentation's smooth warp
 
 
 @dataclass(frozen=True)
@@ -267,38 +274,102 @@ def preprocess_case(case: Case, data: DataConfig) -> PreparedCase:
     )
 
 
+# ---------------------------------------------------------------------------- label maps
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedLabels:
+    """A label map on its model grid, the source of synthetic pairs: int64 (D, H, W)."""
+
+    name: str
+    grid: Grid
+    labels: np.ndarray
+
+
+def load_label_maps(source: str | os.PathLike) -> list[Path]:
+    """The label map files listed in the CSV ``source`` (column ``labels``; relative paths are
+    relative to the CSV's folder). Raises :class:`InputError` for a missing column or file."""
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise InputError(f"Label map list not found: {source}")
+    with source.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        if "labels" not in [column.strip() for column in reader.fieldnames or []]:
+            raise InputError(f"{source} needs a header row with a 'labels' column.")
+        paths = [_csv_path(row.get("labels"), source.parent) for row in reader]
+    paths = [path for path in paths if path is not None]
+    if not paths:
+        raise InputError(f"No label maps listed in {source}.")
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise _missing_files_error(missing, source)
+    return paths
+
+
+def prepare_label_map(path: Path, data: DataConfig) -> PreparedLabels:
+    """The label map at ``path`` resampled (nearest) onto its model grid (as
+    :func:`preprocess_case` builds it, from the label map's own geometry)."""
+    labels = read_labels(path)
+    direction = _LPS_DIRECTION if data.orientation == "LPS" else None
+    grid = model_grid(labels, spacing=data.spacing, size=data.size, direction=direction)
+    array = sitk.GetArrayFromImage(resample_to_grid(labels, grid, "label")).astype(np.int64)
+    name = path.name[: -len(full_suffix(path))] if full_suffix(path) else path.stem
+    return PreparedLabels(name=name, grid=grid, labels=array)
+
+
+def foreground(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (bool (D, H, W)) grown by :data:`FOREGROUND_DILATION` voxels."""
+    return binary_dilation(mask, iterations=FOREGROUND_DILATION)
+
+
 # ---------------------------------------------------------------------------- dataset
 
 
 class PairedVolumes(Dataset):
-    """Paired volumes on the model grid, one modality deformed by a seeded random field.
+    """Paired volumes on the model grid, one side misaligned by a seeded random field.
 
-    Every case is preprocessed once at construction (:func:`preprocess_case`) and kept in
-    memory. An item is a dict:
+    Every case (and label map) is prepared once at construction (:func:`preprocess_case`,
+    :func:`prepare_label_map`) and kept in memory. An item is a dict:
 
     * ``"x"``, ``"y"``: float32 tensors (1, D, H, W) in [0, 1];
     * ``"x_labels"``, ``"y_labels"``: int64 tensors (1, D, H, W), present only when the case
-      has that labelmap (so batches of more than one item need all cases with labels, or none);
+      has that labelmap (so batches of more than one item need all sources with labels, or
+      none; synthetic pairs always have them);
     * ``"deformation"``: float32 (3, D, H, W), the voxel resampling field (channels D, H, W)
-      that deformed the ``data.deform`` modality: its image and labels at voxel ``p`` are the
-      undeformed ones at ``p + deformation[:, p]``; zeros when nothing was deformed;
-    * ``"name"``: the case name.
+      that misaligned side ``"deformed"``: its image and labels at voxel ``p`` are the aligned
+      ones at ``p + deformation[:, p]``; zeros when nothing was deformed;
+    * ``"deformed"``: ``"x"`` or ``"y"``, the side the deformation was applied to;
+    * ``"foreground"``: bool (1, D, H, W), the head of the aligned pair (either image above
+      :data:`FOREGROUND_THRESHOLD`, or a synthetic pair's labels), grown by
+      :data:`FOREGROUND_DILATION` voxels;
+    * ``"name"``: the case or label map name.
 
-    Training (``training=True``): one item per case; the sample of ``index`` in ``epoch`` draws
-    from ``numpy.random.default_rng([seed, epoch, index])``: an elastic field
-    (``data.augmentation.elastic``), then an affine one (``.affine``) composed after it, and
-    gamma and noise on both modalities (``.intensity``).
+    Training (``training=True``): one item per case, then ``data.synthetic_repeats`` per label
+    map (synthetic pairs: two independent random-contrast images of the map,
+    :func:`cocyclereg.synthesis.synthesize_image`); the sample of ``index`` in ``epoch`` draws
+    from ``numpy.random.default_rng([seed, epoch, index])``. In order: the misalignment (an
+    elastic field, ``data.augmentation.elastic``, unless the pair is drawn undeformed; then an
+    affine ``.affine`` and a rigid residual composed after it), the side (``data.deform``), the
+    anatomy change applied to both images (``.anatomy``), and the appearance of each image
+    (``.intensity``). See :class:`cocyclereg.config.AugmentationConfig`.
 
-    Validation (``training=False``): ``data.validation_deformations`` items per case, item
-    ``case_index * validation_deformations + k`` deformed by a fixed field drawn from
-    ``default_rng([seed, case_index, k, 1])``, the same in every epoch; no intensity changes.
+    Validation (``training=False``): ``data.validation_deformations`` items per case (label maps
+    are not used), item ``case_index * validation_deformations + k`` deformed by a fixed field
+    drawn from ``default_rng([seed, case_index, k, 1])``, the same in every epoch, on side
+    ``x`` for even ``k`` and ``y`` for odd ``k`` when ``data.deform`` is ``random``; no anatomy or
+    intensity changes.
     """
 
     def __init__(
-        self, cases: Sequence[Case], data: DataConfig, training: bool = True, seed: int = 0
+        self,
+        cases: Sequence[Case],
+        data: DataConfig,
+        training: bool = True,
+        seed: int = 0,
+        label_maps: Sequence[Path] = (),
     ) -> None:
-        if not cases:
-            raise InputError("A dataset needs at least one case.")
+        if not cases and not (training and label_maps):
+            raise InputError("A dataset needs at least one case (or label map, for training).")
         if data.validation_deformations < 1:
             raise ConfigError("data.validation_deformations must be at least 1")
         self.cases = list(cases)
@@ -310,12 +381,16 @@ class PairedVolumes(Dataset):
             self.cases, desc="Preparing cases", unit="case", disable=not sys.stderr.isatty()
         )
         self.prepared = [preprocess_case(case, data) for case in progress]
+        self.label_maps = (
+            [prepare_label_map(Path(path), data) for path in label_maps] if training else []
+        )
         self._image_warp = SpatialTransformer("bilinear")
         self._label_warp = SpatialTransformer("nearest")
 
     def __len__(self) -> int:
-        per_case = 1 if self.training else self.data.validation_deformations
-        return len(self.prepared) * per_case
+        if not self.training:
+            return len(self.prepared) * self.data.validation_deformations
+        return len(self.prepared) + len(self.label_maps) * self.data.synthetic_repeats
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the random draws of ``dataset[index]`` (training only)."""
@@ -324,31 +399,39 @@ class PairedVolumes(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)
 
-    def _case_and_rng(self, index: int, epoch: int) -> tuple[PreparedCase, np.random.Generator]:
-        """The prepared case of item ``index`` and the generator of its random draws."""
+    def _source_and_rng(
+        self, index: int, epoch: int
+    ) -> tuple[PreparedCase | PreparedLabels, np.random.Generator, int]:
+        """The prepared case or label map of item ``index``, the generator of its random draws,
+        and its validation deformation number ``k`` (0 in training)."""
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range for {len(self)} items")
         if self.training:
-            return self.prepared[index], np.random.default_rng([self.seed, epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
+            if index < len(self.prepared):
+                return self.prepared[index], rng, 0
+            label_index = (index - len(self.prepared)) // self.data.synthetic_repeats
+            return self.label_maps[label_index], rng, 0
         case_index, k = divmod(index, self.data.validation_deformations)
         rng = np.random.default_rng([self.seed, case_index, k, _VALIDATION_STREAM])
-        return self.prepared[case_index], rng
+        return self.prepared[case_index], rng, k
 
-    def _random_deformation(
-        self, shape_dhw: tuple[int, ...], rng: np.random.Generator
-    ) -> np.ndarray:
-        """The (3, D, H, W) float32 voxel field of the configured augmentation (zeros if none)."""
+    def _misalignment(self, shape_dhw: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """The (3, D, H, W) float32 voxel field that misaligns the pair (zeros if none)."""
         augmentation = self.data.augmentation
         spacing = self.data.spacing
         flow = np.zeros((3, *shape_dhw), dtype=np.float32)
-        if augmentation.elastic:
-            flow = random_elastic_flow(
-                shape_dhw,
-                spacing,
-                rng,
-                augmentation.elastic_control_spacing_mm,
-                augmentation.elastic_max_displacement_mm,
-            )
+        control_mm = augmentation.elastic_control_spacing_mm
+        if augmentation.elastic_control_spacing_range_mm is not None:
+            control_mm = rng.uniform(*augmentation.elastic_control_spacing_range_mm)
+        maximum_mm = augmentation.elastic_max_displacement_mm
+        if augmentation.elastic_max_displacement_range_mm is not None:
+            maximum_mm = rng.uniform(*augmentation.elastic_max_displacement_range_mm)
+        undeformed = augmentation.undeformed_probability > 0 and (
+            rng.random() < augmentation.undeformed_probability
+        )
+        if augmentation.elastic and not undeformed and maximum_mm > 0:
+            flow = random_elastic_flow(shape_dhw, spacing, rng, control_mm, maximum_mm)
         if augmentation.affine:
             affine = random_affine_flow(
                 shape_dhw,
@@ -358,45 +441,125 @@ class PairedVolumes(Dataset):
                 augmentation.affine_scale,
                 augmentation.affine_translation_mm,
             )
-            flow = compose_flows(flow, affine) if augmentation.elastic else affine
+            flow = compose_flows(flow, affine)
+        if augmentation.rigid_residual_deg > 0 or augmentation.rigid_residual_mm > 0:
+            rigid = random_affine_flow(
+                shape_dhw,
+                spacing,
+                rng,
+                augmentation.rigid_residual_deg,
+                0.0,
+                augmentation.rigid_residual_mm,
+            )
+            flow = compose_flows(flow, rigid)
         return flow
 
+    def _anatomy(
+        self, shape_dhw: tuple[int, ...], rng: np.random.Generator
+    ) -> tuple[bool, np.ndarray]:
+        """Whether to mirror left-right, and the (3, D, H, W) voxel field of the anatomy change
+        (applied to both sides, after the mirror)."""
+        augmentation = self.data.augmentation
+        mirror = bool(rng.random() < augmentation.flip_probability)
+        flow = random_affine_flow(
+            shape_dhw,
+            self.data.spacing,
+            rng,
+            augmentation.anatomy_rotation_deg,
+            augmentation.anatomy_scale,
+            augmentation.anatomy_translation_mm,
+        )
+        if augmentation.anatomy_elastic_mm > 0:
+            warp = random_elastic_flow(
+                shape_dhw,
+                self.data.spacing,
+                rng,
+                ANATOMY_CONTROL_SPACING_MM,
+                augmentation.anatomy_elastic_mm,
+            )
+            flow = compose_flows(warp, flow)
+        return mirror, flow
+
+    def _deformed_side(self, k: int, rng: np.random.Generator) -> str:
+        if self.data.deform != "random":
+            return self.data.deform
+        if not self.training:
+            return "x" if k % 2 == 0 else "y"
+        return "x" if rng.random() < 0.5 else "y"
+
     def _warp(
-        self, image: np.ndarray, labels: np.ndarray | None, flow: torch.Tensor
+        self, image: np.ndarray, labels: np.ndarray | None, flow: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``image`` (trilinear, clipped to its [0, 1] range against rounding) and ``labels``
-        (nearest) warped by ``flow`` (1, 3, D, H, W)."""
-        warped = self._image_warp(torch.from_numpy(image)[None, None], flow)[0, 0].numpy()
+        (nearest) warped by the voxel field ``flow`` (3, D, H, W); unchanged for ``None``."""
+        if flow is None:
+            return image, labels
+        field = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))[None]
+        warped = self._image_warp(torch.from_numpy(image)[None, None], field)[0, 0].numpy()
         warped_image = np.clip(warped, 0.0, 1.0)
         if labels is None:
             return warped_image, None
-        warped_labels = warp_labels(torch.from_numpy(labels)[None, None], flow, self._label_warp)
+        warped_labels = warp_labels(torch.from_numpy(labels)[None, None], field, self._label_warp)
         return warped_image, warped_labels[0, 0].numpy()
 
     def sample(self, index: int, epoch: int) -> dict:
         """Item ``index`` as drawn in ``epoch``: the same for the same (seed, epoch, index).
         Validation items do not depend on ``epoch``. Keys and shapes: see the class docstring."""
-        case, rng = self._case_and_rng(index, epoch)
-        volumes = {"x": case.x, "y": case.y}
-        labels = {"x": case.x_labels, "y": case.y_labels}
-        deformation = self._random_deformation(case.x.shape, rng)
-        if np.any(deformation):
-            flow = torch.from_numpy(deformation)[None]
-            side = self.data.deform
-            volumes[side], labels[side] = self._warp(volumes[side], labels[side], flow)
+        source, rng, k = self._source_and_rng(index, epoch)
+        if isinstance(source, PreparedLabels):
+            synthesis = self.data.synthesis
+            volumes = {
+                "x": synthesize_image(source.labels, rng, synthesis),
+                "y": synthesize_image(source.labels, rng, synthesis),
+            }
+            labels = {"x": source.labels, "y": source.labels}
+            head = source.labels > 0
+        else:
+            volumes = {"x": source.x, "y": source.y}
+            labels = {"x": source.x_labels, "y": source.y_labels}
+            head = (source.x > FOREGROUND_THRESHOLD) | (source.y > FOREGROUND_THRESHOLD)
+        shape = tuple(source.labels.shape if isinstance(source, PreparedLabels) else source.x.shape)
+        deformation = self._misalignment(shape, rng)
+        side = self._deformed_side(k, rng)
+        anatomy = None
+        if self.training and self.data.augmentation.anatomy:
+            mirror, anatomy = self._anatomy(shape, rng)
+            if mirror:  # the last array axis is left-right on the LPS-aligned model grid
+                volumes = {s: np.ascontiguousarray(v[..., ::-1]) for s, v in volumes.items()}
+                labels = {
+                    s: None if m is None else np.ascontiguousarray(m[..., ::-1])
+                    for s, m in labels.items()
+                }
+                head = np.ascontiguousarray(head[..., ::-1])
+            head = self._warp(head.astype(np.float32), None, anatomy)[0] > 0.5
+        deformed = bool(np.any(deformation))
+        for s in ("x", "y"):
+            flow = anatomy
+            if s == side and deformed:
+                flow = deformation if anatomy is None else compose_flows(deformation, anatomy)
+            volumes[s], labels[s] = self._warp(volumes[s], labels[s], flow)
         if self.training and self.data.augmentation.intensity:
             jitter = self.data.augmentation
             volumes = {
-                side: intensity_jitter(volume, rng, jitter.gamma, jitter.noise_std)
-                for side, volume in volumes.items()
+                s: appearance_jitter(
+                    volume,
+                    rng,
+                    jitter.gamma,
+                    jitter.noise_std,
+                    jitter.bias_strength,
+                    jitter.blur_voxels,
+                )
+                for s, volume in volumes.items()
             }
         item: dict = {
-            side: torch.from_numpy(np.array(volume, dtype=np.float32))[None]
-            for side, volume in volumes.items()
+            s: torch.from_numpy(np.array(volume, dtype=np.float32))[None]
+            for s, volume in volumes.items()
         }
-        for side, labelmap in labels.items():
+        for s, labelmap in labels.items():
             if labelmap is not None:
-                item[f"{side}_labels"] = torch.from_numpy(np.array(labelmap, dtype=np.int64))[None]
+                item[f"{s}_labels"] = torch.from_numpy(np.array(labelmap, dtype=np.int64))[None]
         item["deformation"] = torch.from_numpy(deformation)
-        item["name"] = case.name
+        item["deformed"] = side
+        item["foreground"] = torch.from_numpy(foreground(head))[None]
+        item["name"] = source.name
         return item

@@ -22,6 +22,7 @@ Terms of the generator/registration objective (``loss.mode``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ class CoCycleObjective:
     def __init__(self, modules: dict[str, nn.Module], config: Config) -> None:
         self.modules = modules
         self.weights = config.loss
-        self.deformed = config.data.deform
+        self.deformed = config.data.deform if config.data.deform != "random" else None
         self.warp = SpatialTransformer("bilinear")
 
     def _l1(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -117,6 +118,37 @@ class CoCycleObjective:
             w.mind_dilation,
         )
 
+    def _end_point_error(
+        self,
+        flow_x2y: torch.Tensor,
+        flow_y2x: torch.Tensor,
+        deformation: torch.Tensor,
+        deformed: str | Sequence[str] | None,
+        foreground: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mean end-point error (voxels) of both fields against the known misalignment, per
+        item on the side it deformed, over ``foreground`` voxels (all voxels for ``None``)."""
+        sides = deformed if deformed is not None else self.deformed
+        if sides is None:
+            raise ValueError("data.deform is 'random': pass the side each item deformed")
+        if isinstance(sides, str):
+            sides = [sides] * flow_x2y.shape[0]
+        if any(side not in ("x", "y") for side in sides):
+            raise ValueError(f"the deformed side must be 'x' or 'y', got {list(sides)!r}")
+        errors = []
+        for index, side in enumerate(sides):
+            item = slice(index, index + 1)
+            x_deformed = side == "x"
+            error = losses.deformation_residual(
+                flow_x2y[item], deformation[item], "a" if x_deformed else "b", self.warp
+            ).norm(dim=1) + losses.deformation_residual(
+                flow_y2x[item], deformation[item], "b" if x_deformed else "a", self.warp
+            ).norm(dim=1)
+            if foreground is not None and bool(foreground[item].any()):
+                error = error[foreground[item][:, 0]]
+            errors.append(error.mean())
+        return torch.stack(errors).mean()
+
     def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
         return Translations(
             fake_y=self.modules["translate_x2y"](x), fake_x=self.modules["translate_y2x"](y)
@@ -138,13 +170,17 @@ class CoCycleObjective:
         translations: Translations | None,
         discriminators: dict[str, nn.Module] | None = None,
         deformation: torch.Tensor | None = None,
+        deformed: str | Sequence[str] | None = None,
+        foreground: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The joint objective of R (and the generators): ``(total, terms)``.
 
         ``discriminators``: the (unwrapped) D_x and D_y to score the translations with, so
         their parameters take no part in this backward pass. ``deformation``: the known
-        resampling field that deformed ``data.deform``'s image of the pair (needed when
-        ``loss.deformation > 0``).
+        resampling field (N, 3, D, H, W) that misaligned the pair (needed when
+        ``loss.deformation > 0``); ``deformed``: the side it deformed, one for the batch or one
+        per item (default ``data.deform``); ``foreground``: bool (N, 1, D, H, W), where the
+        end-point error counts when ``loss.deformation_foreground``.
         """
         w = self.weights
         flow_x2y, flow_y2x = self.modules["registration"](x, y)
@@ -155,18 +191,9 @@ class CoCycleObjective:
         if w.deformation > 0:
             if deformation is None:
                 raise ValueError("loss.deformation > 0 needs the known deformation of the pair")
-            x_deformed = self.deformed == "x"
-            terms["deformation"] = (
-                losses.deformation_residual(
-                    flow_x2y, deformation, "a" if x_deformed else "b", self.warp
-                )
-                .norm(dim=1)
-                .mean()
-                + losses.deformation_residual(
-                    flow_y2x, deformation, "b" if x_deformed else "a", self.warp
-                )
-                .norm(dim=1)
-                .mean()
+            mask = foreground if w.deformation_foreground else None
+            terms["deformation"] = self._end_point_error(
+                flow_x2y, flow_y2x, deformation, deformed, mask
             )
             supervised = w.deformation * terms["deformation"]
         if w.mode == "vmind":

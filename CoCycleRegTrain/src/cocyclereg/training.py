@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from cocyclereg import __version__, losses
 from cocyclereg.config import Config, ConfigError, Refinement, config_from_dict
-from cocyclereg.data import PairedVolumes, load_cases
+from cocyclereg.data import PairedVolumes, load_cases, load_label_maps
 from cocyclereg.device import resolve_device
 from cocyclereg.displacement import voxel_flow_to_displacement_mm
 from cocyclereg.errors import CoCycleRegError
@@ -84,13 +84,17 @@ class Trainer:
         self.is_main = self.rank == 0
         self._check_output(resume)
 
-        if not config.data.train:
-            raise ConfigError("data.train is empty: give a CSV file or a folder of cases")
+        if not config.data.train and not config.data.synthetic:
+            raise ConfigError(
+                "data.train and data.synthetic are empty: give a CSV file or a folder of cases, "
+                "or a CSV of label maps to synthesise pairs from"
+            )
         self.train_data = PairedVolumes(
-            load_cases(config.data.train, config.data),
+            load_cases(config.data.train, config.data) if config.data.train else [],
             config.data,
             training=True,
             seed=config.train.seed,
+            label_maps=load_label_maps(config.data.synthetic) if config.data.synthetic else (),
         )
         self.validation_data = (
             PairedVolumes(
@@ -260,9 +264,30 @@ class Trainer:
         if limit is not None:
             torch.nn.utils.clip_grad_norm_(parameters, limit)
 
+    def learning_rate_factor(self, step: int) -> float:
+        """The factor on every base learning rate at ``step`` (``optim.schedule``)."""
+        optim = self.config.optim
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(step / max(self.config.train.steps, 1), 1.0)
+        final = optim.final_lr_fraction
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _set_learning_rates(self) -> None:
+        """Set every optimiser's rate for ``self.step``: a function of the step alone, so a
+        resumed run follows the same schedule."""
+        optim = self.config.optim
+        factor = self.learning_rate_factor(self.step)
+        pairs = [(self.optimizer_r, optim.registration_lr or optim.lr)]
+        pairs += [(o, optim.lr) for o in (self.optimizer_g, self.optimizer_d) if o is not None]
+        for optimizer, base in pairs:
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One published training step on ``batch``; returns the loss terms as floats."""
         torch.manual_seed(_step_seed(self.config.train.seed, self.step, self.rank))
+        self._set_learning_rates()
         x, y = batch["x"].to(self.device), batch["y"].to(self.device)
         record: dict[str, float] = {}
         translations = None
@@ -287,7 +312,13 @@ class Trainer:
         try:
             with self._autocast():
                 loss, terms = self.objective.generator_loss(
-                    x, y, translations, discriminators, batch["deformation"].to(self.device)
+                    x,
+                    y,
+                    translations,
+                    discriminators,
+                    batch["deformation"].to(self.device),
+                    batch["deformed"],
+                    batch["foreground"].to(self.device),
                 )
             self.optimizer_r.zero_grad(set_to_none=True)
             if self.optimizer_g is not None:
@@ -312,10 +343,12 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Dice, HD95 (mm) and folding of R's x->y field on the validation pairs, the same Dice
-        and HD95 without registration (identity) for reference, and the registration error
-        against the known deformation of each pair (``tre``, ``identity_tre``: mean mm over the
-        foreground of the fixed image, see :func:`residual_error_mm`)."""
+        """Both of R's heads on the validation pairs: per head (``x2y_``, ``y2x_`` prefixes),
+        label Dice, HD95 (mm), folding (% of voxels with J <= 0) and the registration error
+        against the known deformation of each pair (``tre``: mean mm over the foreground of the
+        head's fixed image, see :func:`residual_error_mm`); the unprefixed keys are the means
+        of the two heads, which select the best checkpoint. ``identity_*`` keys: the same
+        without registration, for reference."""
         assert self.validation_data is not None
         registration = self.networks.registration.eval()
         nearest = SpatialTransformer("nearest")
@@ -326,55 +359,54 @@ class Trainer:
             (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
         )
         spacing_dhw = tuple(reversed(self.config.data.spacing))
-        scores: dict[str, list[float]] = {
-            "dice": [],
-            "hd95": [],
-            "folding_percent": [],
-            "identity_dice": [],
-            "identity_hd95": [],
-            "tre": [],
-            "identity_tre": [],
-        }
+        scores: dict[str, list[float]] = {}
+
+        def record(name: str, value: float) -> None:
+            scores.setdefault(name, []).append(value)
+
         linear = SpatialTransformer("bilinear")
         for index in range(len(self.validation_data)):
             item = self.validation_data[index]
             x, y = item["x"][None].to(self.device), item["y"][None].to(self.device)
-            flow_x2y, _ = registration(x, y)
+            flows = dict(zip(("x2y", "y2x"), registration(x, y), strict=True))
             deformation = item["deformation"][None].to(self.device)
-            foreground = y[0, 0] > 0
-            if bool(deformation.abs().max() > 0) and bool(foreground.any()):
-                for prefix, flow in (("", flow_x2y), ("identity_", torch.zeros_like(flow_x2y))):
-                    error = residual_error_mm(
-                        flow, deformation, self.config.data.deform, spacing_dhw, linear
-                    )
-                    scores[prefix + "tre"].append(float(error[0][foreground].mean()))
-            if "x_labels" not in item:
-                continue
-            warped = (
-                warp_labels(item["x_labels"][None].to(self.device), flow_x2y, nearest)[0, 0]
-                .cpu()
-                .numpy()
-            )
-            fixed = item["y_labels"][0].numpy()
-            moving = item["x_labels"][0].numpy()
-            for prefix, labels in (("", warped), ("identity_", moving)):
-                per_label = dice(fixed, labels)
-                if per_label:
-                    scores[prefix + "dice"].append(float(np.mean(list(per_label.values()))))
-                    scores[prefix + "hd95"].append(
-                        float(
-                            np.nanmean(
-                                [hd95(fixed, labels, spacing_dhw, label) for label in per_label]
-                            )
-                        )
-                    )
-            flow = flow_x2y[0].double().cpu().numpy()
-            determinant = jacobian_determinant_array(
-                voxel_flow_to_displacement_mm(flow, grid), grid
-            )
-            scores["folding_percent"].append(folding_stats(determinant).folding_percent)
+            deformed = item["deformed"]
+            for head, flow in flows.items():
+                moving, fixed = head[0], head[2]
+                fixed_image = y if fixed == "y" else x
+                fixed_foreground = fixed_image[0, 0] > 0
+                if bool(deformation.abs().max() > 0) and bool(fixed_foreground.any()):
+                    # The x->y head pulls x; from y->x's view the roles of the sides swap.
+                    side = deformed if head == "x2y" else ("y" if deformed == "x" else "x")
+                    for prefix, candidate in (("", flow), ("identity_", torch.zeros_like(flow))):
+                        error = residual_error_mm(candidate, deformation, side, spacing_dhw, linear)
+                        record(f"{prefix}{head}_tre", float(error[0][fixed_foreground].mean()))
+                if f"{moving}_labels" in item and f"{fixed}_labels" in item:
+                    moving_labels = item[f"{moving}_labels"][None].to(self.device)
+                    warped = warp_labels(moving_labels, flow, nearest)[0, 0].cpu().numpy()
+                    fixed_labels = item[f"{fixed}_labels"][0].numpy()
+                    unmoved = item[f"{moving}_labels"][0].numpy()
+                    for prefix, labels in (("", warped), ("identity_", unmoved)):
+                        per_label = dice(fixed_labels, labels)
+                        if per_label:
+                            record(f"{prefix}{head}_dice", float(np.mean(list(per_label.values()))))
+                            distances = [
+                                hd95(fixed_labels, labels, spacing_dhw, label)
+                                for label in per_label
+                            ]
+                            record(f"{prefix}{head}_hd95", float(np.nanmean(distances)))
+                determinant = jacobian_determinant_array(
+                    voxel_flow_to_displacement_mm(flow[0].double().cpu().numpy(), grid), grid
+                )
+                record(f"{head}_folding_percent", folding_stats(determinant).folding_percent)
         registration.train()
-        return {name: float(np.mean(values)) for name, values in scores.items() if values}
+        metrics = {name: float(np.mean(values)) for name, values in scores.items()}
+        for prefix in ("", "identity_"):
+            for name in ("tre", "dice", "hd95", "folding_percent"):
+                both = [metrics.get(f"{prefix}{head}_{name}") for head in ("x2y", "y2x")]
+                if all(value is not None for value in both):
+                    metrics[prefix + name] = float(np.mean(both))
+        return metrics
 
     # ------------------------------------------------------------------ logging
     def _log_images(self, batch: dict[str, Any]) -> None:
@@ -509,12 +541,12 @@ def residual_error_mm(
     spacing_dhw: tuple[float, float, float],
     warp: SpatialTransformer,
 ) -> torch.Tensor:
-    """Distance (mm) between where R's x->y field samples and where it should, per voxel.
+    """Distance (mm) between where a field of R samples and where it should, per voxel.
 
     ``flow``: R's x->y resampling field, ``deformation``: the known resampling field that
     deformed modality ``deformed`` (``"x"`` or ``"y"``) of the pair (both ``(N, 3, D, H, W)``
-    voxels, channels D, H, W); see :func:`cocyclereg.losses.deformation_residual`.
-    Returns ``(N, D, H, W)``.
+    voxels, channels D, H, W); see :func:`cocyclereg.losses.deformation_residual`. For R's
+    y->x field, whose moving image is ``y``, pass the other side. Returns ``(N, D, H, W)``.
     """
     residual = losses.deformation_residual(flow, deformation, "a" if deformed == "x" else "b", warp)
     scale = torch.tensor(spacing_dhw, dtype=flow.dtype, device=flow.device).view(1, 3, 1, 1, 1)
