@@ -171,7 +171,8 @@ class AugmentationConfig:
       instead of the fixed values; ``undeformed_probability`` leaves that fraction of pairs
       without elastic motion (the network must learn to stay still); ``rigid_residual_deg`` /
       ``rigid_residual_mm`` add a small random rigid motion (uniform in ± the bound per axis),
-      like the residual a rigid pre-alignment leaves. ``affine`` adds the larger random affine.
+      like the residual a rigid pre-alignment leaves (these four: training only; validation
+      pairs keep the fixed values). ``affine`` adds the larger random affine.
     * The **anatomy** (``anatomy``): one random affine about the centre (±
       ``anatomy_rotation_deg`` degrees, 1 ± ``anatomy_scale``, ± ``anatomy_translation_mm`` mm
       per axis), a smooth warp of at most ``anatomy_elastic_mm`` mm on a 48 mm control grid, and a

@@ -417,18 +417,23 @@ class PairedVolumes(Dataset):
         return self.prepared[case_index], rng, k
 
     def _misalignment(self, shape_dhw: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """The (3, D, H, W) float32 voxel field that misaligns the pair (zeros if none)."""
+        """The (3, D, H, W) float32 voxel field that misaligns the pair (zeros if none).
+        Validation pairs use the fixed control spacing and maximum, never the training-only
+        ranges, undeformed pairs or rigid residual: they measure what the benchmark measures."""
         augmentation = self.data.augmentation
         spacing = self.data.spacing
+        training = self.training
         flow = np.zeros((3, *shape_dhw), dtype=np.float32)
         control_mm = augmentation.elastic_control_spacing_mm
-        if augmentation.elastic_control_spacing_range_mm is not None:
+        if training and augmentation.elastic_control_spacing_range_mm is not None:
             control_mm = rng.uniform(*augmentation.elastic_control_spacing_range_mm)
         maximum_mm = augmentation.elastic_max_displacement_mm
-        if augmentation.elastic_max_displacement_range_mm is not None:
+        if training and augmentation.elastic_max_displacement_range_mm is not None:
             maximum_mm = rng.uniform(*augmentation.elastic_max_displacement_range_mm)
-        undeformed = augmentation.undeformed_probability > 0 and (
-            rng.random() < augmentation.undeformed_probability
+        undeformed = (
+            training
+            and augmentation.undeformed_probability > 0
+            and rng.random() < augmentation.undeformed_probability
         )
         if augmentation.elastic and not undeformed and maximum_mm > 0:
             flow = random_elastic_flow(shape_dhw, spacing, rng, control_mm, maximum_mm)
@@ -442,7 +447,7 @@ class PairedVolumes(Dataset):
                 augmentation.affine_translation_mm,
             )
             flow = compose_flows(flow, affine)
-        if augmentation.rigid_residual_deg > 0 or augmentation.rigid_residual_mm > 0:
+        if training and (augmentation.rigid_residual_deg > 0 or augmentation.rigid_residual_mm > 0):
             rigid = random_affine_flow(
                 shape_dhw,
                 spacing,
