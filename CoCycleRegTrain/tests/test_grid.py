@@ -125,3 +125,38 @@ def test_model_grid_of_an_empty_image_covers_the_whole_image():
     assert inside.min() >= -0.5 - 1e-9 and np.all(
         inside.max(0) <= np.asarray(grid.size) - 0.5 + 1e-9
     )
+
+
+@pytest.mark.parametrize("spacing", [0.5, (2.0, 0.7, 1.1)])
+def test_with_spacing_covers_the_same_box(test_grid, spacing):
+    finer = test_grid.with_spacing(spacing)
+    assert finer.direction == test_grid.direction
+    np.testing.assert_allclose(finer.spacing, np.broadcast_to(spacing, 3))
+    # The first voxel's outer corner stays; the far corner moves by less than half a voxel.
+    np.testing.assert_allclose(
+        finer.index_to_physical(np.full(3, -0.5)),
+        test_grid.index_to_physical(np.full(3, -0.5)),
+        atol=1e-9,
+    )
+    far_old = np.asarray(test_grid.size) * np.asarray(test_grid.spacing)
+    far_new = np.asarray(finer.size) * np.asarray(finer.spacing)
+    assert np.all(np.abs(far_new - far_old) <= np.asarray(finer.spacing) / 2 + 1e-9)
+    # Its first and last voxel centres, placed independently by SimpleITK, lie half a new
+    # voxel inside the old box's corners.
+    reference = finer.reference_image()
+    for index, corner in (([0.0] * 3, -0.5), ([n - 1.0 for n in finer.size], None)):
+        point = reference.TransformContinuousIndexToPhysicalPoint(index)
+        in_old = test_grid.physical_to_index(np.asarray(point))
+        half_new = np.asarray(finer.spacing) / np.asarray(test_grid.spacing) / 2
+        expected = (
+            np.full(3, -0.5) + half_new
+            if corner is not None
+            else np.asarray(finer.size) * 2 * half_new - 0.5 - half_new
+        )
+        np.testing.assert_allclose(in_old, expected, atol=1e-9)
+
+
+def test_with_spacing_refuses_non_positive_spacing():
+    grid = Grid((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(GeometryError):
+        grid.with_spacing(0.0)

@@ -123,6 +123,8 @@ def _register(args: argparse.Namespace) -> int:
         progress=_print_stage,
         refine_steps=args.refine_steps,
         use_network=args.network,
+        fine_steps=args.fine_steps,
+        fine_spacing_mm=args.fine_spacing,
     )
     summary = registration_summary(result, args.fixed, args.moving, model)
     write_registration_outputs(
@@ -190,10 +192,25 @@ def _export(args: argparse.Namespace) -> int:
         args.refine_smoothness,
         args.refine_learning_rate,
         use_network=args.refine_from == "network",
+        fine_spacing_mm=args.fine_spacing,
+        fine_steps=args.fine_steps,
+        fine_smoothness=args.fine_smoothness,
+        fine_sample_fraction=args.fine_sample_fraction,
     )
     path = export_checkpoint(args.run, args.output, args.name, args.intended_use, refinement)
     print(f"model written to {path}")
     return 0
+
+
+def _positive_number(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _whole_number(text: str) -> int:
@@ -352,6 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
         "run); default: the model's recommendation (brain-t1t2: --no-network, measured more "
         "accurate on unseen subjects, see its card; head-ct-mri: --network)",
     )
+    registration.add_argument(
+        "--fine-steps",
+        type=_whole_number,
+        metavar="N",
+        help="Adam steps of a second refinement level on a finer grid (the images resampled "
+        "from full resolution onto --fine-spacing voxels; the inverse is then the forward "
+        "field's exact inverse); 0: none, the field stays on the model grid; default: the "
+        "model's recommendation (brain-t1t2: 20 at 1.5 mm)",
+    )
+    registration.add_argument(
+        "--fine-spacing",
+        type=_positive_number,
+        metavar="MM",
+        help="voxel size of that finer level in mm (default: the model's recommendation)",
+    )
     registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     registration.set_defaults(handler=_register)
 
@@ -444,6 +476,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="network",
         help="where they start by default: the network's fields, or the pre-aligned images "
         "(the refinement alone; `register --network` overrides it); default: network",
+    )
+    export.add_argument(
+        "--fine-steps",
+        type=_whole_number,
+        default=0,
+        metavar="N",
+        help="steps of the finer refinement level recommended at inference (default 0: none)",
+    )
+    export.add_argument(
+        "--fine-spacing",
+        type=_positive_number,
+        default=1.5,
+        metavar="MM",
+        help="voxel size of that finer level in mm (default 1.5)",
+    )
+    export.add_argument(
+        "--fine-smoothness",
+        type=float,
+        default=Refinement.fine_smoothness,
+        help=f"weight of its diffusion regulariser (default {Refinement.fine_smoothness:g})",
+    )
+    export.add_argument(
+        "--fine-sample-fraction",
+        type=float,
+        default=Refinement.fine_sample_fraction,
+        help="share of the region's voxels whose similarity each of its steps measures "
+        f"(default {Refinement.fine_sample_fraction:g}: all)",
     )
     export.set_defaults(handler=_export)
     return parser

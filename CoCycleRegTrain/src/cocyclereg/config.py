@@ -289,40 +289,86 @@ class Refinement:
     recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
     diffusion regulariser against the MIND-SSC term, Adam's learning rate (voxels/step), and
     where it starts: from the network's fields (``use_network``) or from zero fields, the
-    pre-aligned images as they are (the refinement alone; the network is not run)."""
+    pre-aligned images as they are (the refinement alone; the network is not run). Each step
+    measures the similarity at a fresh random ``sample_fraction`` of the region's voxels (1:
+    all of them), as stochastic gradient descent in Elastix samples its metric.
+
+    Then, optionally, a finer level: the field carried onto a grid of ``fine_spacing_mm``
+    over the same box (:meth:`cocyclereg.grid.Grid.with_spacing`), the images resampled onto
+    it from their full resolution, and ``fine_steps`` more Adam steps there under the weight
+    ``fine_smoothness``, each measuring ``fine_sample_fraction`` of the voxels.
+    ``fine_spacing_mm`` 0 or ``fine_steps`` 0: no finer level; the field stays on the model
+    grid.
+    """
 
     steps: int = 0
     smoothness: float = 1.0
     learning_rate: float = 0.2
     use_network: bool = True
+    sample_fraction: float = 1.0
+    fine_spacing_mm: float = 0.0
+    fine_steps: int = 0
+    fine_smoothness: float = 1.0
+    fine_sample_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-            raise ValueError(f"refinement steps must be a whole number >= 0, got {self.steps!r}")
+        for name in ("steps", "fine_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"refinement {name} must be a whole number >= 0, got {value!r}")
         if not isinstance(self.use_network, bool):
             raise ValueError(
                 f"refinement use_network must be true or false, got {self.use_network!r}"
             )
-        if not self.smoothness >= 0:
-            raise ValueError(f"refinement smoothness must be >= 0, got {self.smoothness!r}")
+        for name in ("smoothness", "fine_smoothness", "fine_spacing_mm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"refinement {name} must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"refinement learning rate must be > 0, got {self.learning_rate!r}")
+        for name in ("sample_fraction", "fine_sample_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"refinement {name} must be in (0, 1], got {value!r}")
+
+    @property
+    def has_fine_level(self) -> bool:
+        """Whether the field is refined further on a finer grid."""
+        return self.fine_spacing_mm > 0 and self.fine_steps > 0
+
+    def fine_level(self) -> Refinement:
+        """The finer level as a one-level refinement (its steps and regulariser weight)."""
+        return dataclasses.replace(
+            self,
+            steps=self.fine_steps,
+            smoothness=self.fine_smoothness,
+            sample_fraction=self.fine_sample_fraction,
+            fine_steps=0,
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Refinement:
         """From a model file's ``refinement`` entry; missing fields take the defaults."""
-        unknown = set(values) - {"steps", "smoothness", "learning_rate", "use_network"}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
         if unknown:
             raise ValueError(f"unknown refinement settings {sorted(unknown)}")
-        return cls(
-            steps=int(values.get("steps", 0)),
-            smoothness=float(values.get("smoothness", cls.smoothness)),
-            learning_rate=float(values.get("learning_rate", cls.learning_rate)),
-            use_network=values.get("use_network", cls.use_network),
-        )
+        converted = {
+            name: value if fields[name].type == "bool" else _number(fields[name].type, value)
+            for name, value in values.items()
+        }
+        return cls(**converted)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _number(type_name: str, value: Any) -> int | float:
+    """A model file's number as the field's type (``int`` fields refuse fractions)."""
+    if type_name == "int":
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 @dataclass

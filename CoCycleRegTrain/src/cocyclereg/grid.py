@@ -99,6 +99,20 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
+    def with_spacing(self, spacing: float | Sequence[float]) -> Grid:
+        """A grid over the same box with voxels of ``spacing`` mm (i, j, k): same direction,
+        the first voxel's outer corner where this grid's is, ``round(size * old / new)``
+        voxels per axis (at least one), so the far corner moves by less than half a new
+        voxel."""
+        new_spacing = np.asarray(_as_triple(spacing, "spacing"))
+        if np.any(new_spacing <= 0):
+            raise GeometryError(f"spacing must be positive, got {spacing!r}")
+        old_spacing = np.asarray(self.spacing)
+        size = np.maximum(1, np.rint(np.asarray(self.size) * old_spacing / new_spacing))
+        corner = self.index_to_physical(np.full(3, -0.5))
+        origin = corner + self.direction_matrix @ (new_spacing / 2)
+        return Grid(tuple(int(n) for n in size), tuple(new_spacing), tuple(origin), self.direction)
+
     def is_close(self, other: Grid, tolerance_mm: float = 1e-4) -> bool:
         """Same size and, to ``tolerance_mm`` at the far corner, the same voxel positions."""
         if self.size != other.size:

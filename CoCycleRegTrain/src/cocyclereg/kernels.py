@@ -370,6 +370,57 @@ def warped_mismatch_gradient(source, target, voxels, flow, gradient):
         gradient[2, m] = 2.0 * along_i * si
 
 
+@_with_torch_threads
+@numba.njit(parallel=True, **_JIT)
+def inverse_flow(flow, iterations, tolerance, inverse, residual):
+    """The inverse of a voxel resampling field by fixed-point iteration, voxel by voxel:
+    ``v <- -u(q + v)`` from ``v = -u(q)``, with ``u`` sampled as
+    :class:`cocyclereg.spatial_transformer.SpatialTransformer` samples it (trilinear, position
+    clamped to the grid: ``grid_sample``'s border rule). The iteration at one voxel reads only
+    ``u``, so each voxel converges on its own and stops once a step moves it by less than
+    ``tolerance`` voxels (or after ``iterations`` steps): the same result as iterating the
+    whole field, without the whole-field passes.
+
+    Args:
+        flow: ``(3, D, H, W)`` float32 voxel displacements ``u``, channels (D, H, W).
+        iterations: the most steps per voxel.
+        tolerance: voxels; a voxel stops when its last step changed ``v`` by less.
+        inverse: ``(3, D, H, W)`` float32, written with ``v``.
+        residual: ``(D, H, W)`` float32, written with ``|v + u(q + v)|`` in voxels.
+    """
+    _, depth, height, width = flow.shape
+    for k in numba.prange(depth):
+        value = np.empty(3)
+        for j in range(height):
+            for i in range(width):
+                v0 = -np.float64(flow[0, k, j, i])
+                v1 = -np.float64(flow[1, k, j, i])
+                v2 = -np.float64(flow[2, k, j, i])
+                step = 0
+                while True:
+                    _border_sample(flow, k + v0, j + v1, i + v2, value)
+                    change = max(abs(value[0] + v0), abs(value[1] + v1), abs(value[2] + v2))
+                    if change < tolerance or step == iterations:
+                        break
+                    v0, v1, v2 = -value[0], -value[1], -value[2]
+                    step += 1
+                inverse[0, k, j, i], inverse[1, k, j, i], inverse[2, k, j, i] = v0, v1, v2
+                residual[k, j, i] = np.sqrt(
+                    (v0 + value[0]) ** 2 + (v1 + value[1]) ** 2 + (v2 + value[2]) ** 2
+                )
+
+
+@numba.njit(inline="always", **_JIT)
+def _border_sample(flow, d, h, w, out):
+    """``out[c] = flow[c]`` at the continuous position ``(d, h, w)``, trilinear with the
+    position clamped to the grid (``grid_sample``'s border rule)."""
+    k0, k1, fk, _, _, _ = _clamped_axis(d, flow.shape[1])
+    j0, j1, fj, _, _, _ = _clamped_axis(h, flow.shape[2])
+    i0, i1, fi, _, _, _ = _clamped_axis(w, flow.shape[3])
+    for c in range(3):
+        out[c] = _trilinear(flow[c], k0, k1, fk, j0, j1, fj, i0, i1, fi)
+
+
 _LOADER: Future | None = None
 
 
@@ -399,6 +450,8 @@ def warm_up() -> None:
         source, np.zeros((1, 1), np.float32), voxels, np.zeros((3, 2, 2, 2), np.float32),
         np.empty((3, 1), np.float32),
     )  # fmt: skip
+    flow = np.zeros((3, 2, 2, 2), np.float32)
+    inverse_flow(flow, 1, 1e-3, np.empty_like(flow), np.empty((2, 2, 2), np.float32))
     image, size = np.zeros((2, 2, 2), np.float32), np.array([2, 2, 2], np.int64)
     sample_through(
         field, eye, zero, eye, zero, size, image, 0.0,

@@ -34,6 +34,10 @@ def registration_summary(result, fixed, moving, model) -> dict:
             "size": list(result.model_grid.size),
             "spacing": list(result.model_grid.spacing),
         },
+        "field_grid": {
+            "size": list(result.field_grid.size),
+            "spacing": list(result.field_grid.spacing),
+        },
         "affine": list(result.affine.GetParameters()) if result.affine is not None else None,
     }
 

@@ -43,6 +43,7 @@ from cocyclereg.displacement import (
 )
 from cocyclereg.errors import GeometryError, InputError
 from cocyclereg.grid import Grid, foreground_mask, model_grid
+from cocyclereg.inverse import inverse_flow as inverse_flow_of
 from cocyclereg.io import read_image, read_labels
 from cocyclereg.jacobian import (
     FoldingStats,
@@ -53,7 +54,7 @@ from cocyclereg.jacobian import (
 from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.normalize import normalize
-from cocyclereg.refine import refine_flow
+from cocyclereg.refine import flow_on_grid, refine_flow
 from cocyclereg.resample import resample_to_grid
 
 LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -72,6 +73,7 @@ class RegistrationResult:
     warped_labels: list[sitk.Image]
     affine: sitk.Transform | None
     model_grid: Grid
+    field_grid: Grid  # where the final fields live: the model grid or the refinement's finer one
     model: ModelInfo
     device: str
     refinement: Refinement = field(default_factory=Refinement)
@@ -263,6 +265,8 @@ def register(
     progress: Callable[[str], None] | None = None,
     refine_steps: int | None = None,
     use_network: bool | None = None,
+    fine_steps: int | None = None,
+    fine_spacing_mm: float | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -287,6 +291,11 @@ def register(
             fields (the pre-aligned images as they are), so only the model's grid,
             normalisation and refinement settings are used: instance optimisation alone;
             ``None``: the model file's recommendation (``Refinement.use_network``).
+        fine_steps, fine_spacing_mm: the finer refinement level's Adam steps (0: none, the
+            field stays on the model grid) and voxel size in mm; ``None``: the model file's
+            recommendation (:class:`cocyclereg.config.Refinement`). With a finer level the
+            inverse is the forward field's inverse (:mod:`cocyclereg.inverse`), consistent
+            with it by construction, instead of a second refined field.
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
@@ -342,6 +351,10 @@ def register(
     )
     if use_network is not None:
         refinement = replace(refinement, use_network=use_network)
+    if fine_steps is not None:
+        refinement = replace(refinement, fine_steps=fine_steps)
+    if fine_spacing_mm is not None:
+        refinement = replace(refinement, fine_spacing_mm=fine_spacing_mm)
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
@@ -364,17 +377,40 @@ def register(
     # launching a kernel while this stage does (numba's workqueue layer cannot run two at once).
     compiled.result()
     forward_flow = refine_flow(forward_flow, moving_tensor, fixed_tensor, refinement)
-    if inverse:
+    if inverse and not refinement.has_fine_level:
         inverse_flow = refine_flow(inverse_flow, fixed_tensor, moving_tensor, refinement)
     seconds["refine"] = time.perf_counter() - started
 
+    field_grid = grid
+    if refinement.has_fine_level:
+        report("fine")
+        started = time.perf_counter()
+        field_grid = grid.with_spacing(refinement.fine_spacing_mm)
+        fixed_fine = torch.from_numpy(
+            _normalised(fixed, field_grid, info.normalization[fixed_side])
+        )[None, None].to(torch_device)
+        moving_fine = torch.from_numpy(
+            _normalised(moving, field_grid, info.normalization[moving_side], pre_alignment)
+        )[None, None].to(torch_device)
+        forward_flow = refine_flow(
+            flow_on_grid(forward_flow, grid, field_grid),
+            moving_fine,
+            fixed_fine,
+            refinement.fine_level(),
+        )
+        seconds["fine"] = time.perf_counter() - started
+        if inverse:
+            started = time.perf_counter()
+            inverse_flow, _ = inverse_flow_of(forward_flow)
+            seconds["inverse"] = time.perf_counter() - started
+
     report("output")
     started = time.perf_counter()
-    forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), grid)
+    forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), field_grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
     transform_mm = composed_displacement(
-        fixed_grid, forward_mm, grid, after=after, dtype=np.float32
+        fixed_grid, forward_mm, field_grid, after=after, dtype=np.float32
     )
     jacobian = determinant_image(
         jacobian_determinant_array(transform_mm, fixed_grid, np.float32), fixed_grid
@@ -386,15 +422,19 @@ def register(
         before = (
             affine_parameters(pre_alignment.GetInverse()) if pre_alignment is not None else None
         )
-        inverse_mm = voxel_flow_to_displacement_mm(inverse_flow[0].double().cpu().numpy(), grid)
+        inverse_mm = voxel_flow_to_displacement_mm(
+            inverse_flow[0].double().cpu().numpy(), field_grid
+        )
         inverse_transform = displacement_field_image(
-            composed_displacement(moving_grid, inverse_mm, grid, before=before, dtype=np.float32),
+            composed_displacement(
+                moving_grid, inverse_mm, field_grid, before=before, dtype=np.float32
+            ),
             moving_grid,
             np.float32,
         )
     images = [(moving, "linear")] if warp_moving else []
     images += [(labelmap, "label") for labelmap in labelmaps]
-    resampled = resample_through(images, fixed_grid, forward_mm, grid, after=after)
+    resampled = resample_through(images, fixed_grid, forward_mm, field_grid, after=after)
     warped = resampled.pop(0) if warp_moving else None
     warped_labels = resampled
     seconds["output"] = time.perf_counter() - started
@@ -407,6 +447,7 @@ def register(
         warped_labels=warped_labels,
         affine=pre_alignment,
         model_grid=grid,
+        field_grid=field_grid,
         model=info,
         device=str(torch_device),
         refinement=refinement,
