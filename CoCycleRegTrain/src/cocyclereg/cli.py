@@ -195,7 +195,6 @@ def _export(args: argparse.Namespace) -> int:
         fine_spacing_mm=args.fine_spacing,
         fine_steps=args.fine_steps,
         fine_smoothness=args.fine_smoothness,
-        fine_sample_fraction=args.fine_sample_fraction,
     )
     path = export_checkpoint(args.run, args.output, args.name, args.intended_use, refinement)
     print(f"model written to {path}")
@@ -496,13 +495,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=Refinement.fine_smoothness,
         help=f"weight of its diffusion regulariser (default {Refinement.fine_smoothness:g})",
-    )
-    export.add_argument(
-        "--fine-sample-fraction",
-        type=float,
-        default=Refinement.fine_sample_fraction,
-        help="share of the region's voxels whose similarity each of its steps measures "
-        f"(default {Refinement.fine_sample_fraction:g}: all)",
     )
     export.set_defaults(handler=_export)
     return parser

@@ -289,27 +289,22 @@ class Refinement:
     recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
     diffusion regulariser against the MIND-SSC term, Adam's learning rate (voxels/step), and
     where it starts: from the network's fields (``use_network``) or from zero fields, the
-    pre-aligned images as they are (the refinement alone; the network is not run). Each step
-    measures the similarity at a fresh random ``sample_fraction`` of the region's voxels (1:
-    all of them), as stochastic gradient descent in Elastix samples its metric.
+    pre-aligned images as they are (the refinement alone; the network is not run).
 
     Then, optionally, a finer level: the field carried onto a grid of ``fine_spacing_mm``
     over the same box (:meth:`cocyclereg.grid.Grid.with_spacing`), the images resampled onto
     it from their full resolution, and ``fine_steps`` more Adam steps there under the weight
-    ``fine_smoothness``, each measuring ``fine_sample_fraction`` of the voxels.
-    ``fine_spacing_mm`` 0 or ``fine_steps`` 0: no finer level; the field stays on the model
-    grid.
+    ``fine_smoothness``. ``fine_spacing_mm`` 0 or ``fine_steps`` 0: no finer level; the field
+    stays on the model grid.
     """
 
     steps: int = 0
     smoothness: float = 1.0
     learning_rate: float = 0.2
     use_network: bool = True
-    sample_fraction: float = 1.0
     fine_spacing_mm: float = 0.0
     fine_steps: int = 0
     fine_smoothness: float = 1.0
-    fine_sample_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "fine_steps"):
@@ -325,10 +320,6 @@ class Refinement:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"refinement learning rate must be > 0, got {self.learning_rate!r}")
-        for name in ("sample_fraction", "fine_sample_fraction"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"refinement {name} must be in (0, 1], got {value!r}")
 
     @property
     def has_fine_level(self) -> bool:
@@ -341,7 +332,6 @@ class Refinement:
             self,
             steps=self.fine_steps,
             smoothness=self.fine_smoothness,
-            sample_fraction=self.fine_sample_fraction,
             fine_steps=0,
         )
 

@@ -304,9 +304,9 @@ def _weighted(a, c, k0, k1, wk0, wk1, j0, j1, wj0, wj1, i0, i1, wi0, wi1):
 
 @_with_torch_threads
 @numba.njit(parallel=True, **_JIT)
-def warped_mismatch_gradient(source, target, voxels, flow, gradient):
-    """The gradient, with respect to ``flow``, of the sum of squared differences between
-    ``source`` warped by ``flow`` and ``target`` at the voxels ``voxels``: the warp of
+def warped_mismatch_gradient(source, target, voxels, displacement, gradient):
+    """The gradient, with respect to the displacements, of the sum of squared differences
+    between ``source`` warped by them and ``target`` at the voxels ``voxels``: the warp of
     :class:`cocyclereg.spatial_transformer.SpatialTransformer` (trilinear, border clamped),
     differentiated as torch does, except at voxel centres (see :func:`_clamped_axis`).
 
@@ -314,17 +314,17 @@ def warped_mismatch_gradient(source, target, voxels, flow, gradient):
         source: ``(D, H, W, C)`` float32, the image to warp, channels last (a descriptor).
         target: ``(M, C)`` float32, the target's values at ``voxels``.
         voxels: ``(M, 3)`` int64 ``(d, h, w)`` indices where the mismatch is measured.
-        flow: ``(3, D, H, W)`` float32 voxel displacements, channels (D, H, W): voxel ``v``
-            samples ``source`` at ``v + flow[:, v]``.
-        gradient: ``(3, M)`` float32, written with ``d sum / d flow[:, v]`` for each voxel.
+        displacement: ``(3, M)`` float32 voxel displacements at those voxels, channels
+            (D, H, W): voxel ``v`` samples ``source`` at ``v + displacement[:, m]``.
+        gradient: ``(3, M)`` float32, written with ``d sum / d displacement[:, m]``.
     """
     depth, height, width, channels = source.shape
     count = voxels.shape[0]
     for m in numba.prange(count):
         d, h, w = voxels[m, 0], voxels[m, 1], voxels[m, 2]
-        k0, k1, fk, kb, ka, sk = _clamped_axis(d + np.float64(flow[0, d, h, w]), depth)
-        j0, j1, fj, jb, ja, sj = _clamped_axis(h + np.float64(flow[1, d, h, w]), height)
-        i0, i1, fi, ib, ia, si = _clamped_axis(w + np.float64(flow[2, d, h, w]), width)
+        k0, k1, fk, kb, ka, sk = _clamped_axis(d + np.float64(displacement[0, m]), depth)
+        j0, j1, fj, jb, ja, sj = _clamped_axis(h + np.float64(displacement[1, m]), height)
+        i0, i1, fi, ib, ia, si = _clamped_axis(w + np.float64(displacement[2, m]), width)
         across_k, across_j, across_i = kb == k0, jb == j0, ib == i0  # not at a centre
         along_k = along_j = along_i = 0.0
         for c in range(channels):
@@ -447,7 +447,7 @@ def warm_up() -> None:
     )
     source, voxels = np.zeros((2, 2, 2, 1), np.float32), np.zeros((1, 3), np.int64)
     warped_mismatch_gradient(
-        source, np.zeros((1, 1), np.float32), voxels, np.zeros((3, 2, 2, 2), np.float32),
+        source, np.zeros((1, 1), np.float32), voxels, np.zeros((3, 1), np.float32),
         np.empty((3, 1), np.float32),
     )  # fmt: skip
     flow = np.zeros((3, 2, 2, 2), np.float32)

@@ -11,7 +11,11 @@ grid), so an empty background costs nothing, and only the field inside that regi
 Adam scales every gradient to a unit step, so voxels pushed by the regulariser alone would
 wander (and fold) with nothing in the images to hold them.
 
-Shapes and units: ``flow`` is ``(N, 3, D, H, W)`` in voxels of the model grid, channel order
+A finer level (:class:`cocyclereg.config.Refinement`) runs the same steps on a grid of finer
+voxels over the same box (:meth:`cocyclereg.grid.Grid.with_spacing`), the field carried there
+by :func:`flow_on_grid` and the images resampled from their full resolution.
+
+Shapes and units: ``flow`` is ``(N, 3, D, H, W)`` in voxels of its grid, channel order
 (D, H, W), pulling ``source`` onto ``target``'s grid (``W(source, flow) ~ target``); both images
 are ``(N, 1, D, H, W)`` on that grid, normalised as the network saw them.
 """
@@ -28,7 +32,6 @@ from cocyclereg.dense import composed_displacement
 from cocyclereg.displacement import displacement_mm_to_voxel_flow, voxel_flow_to_displacement_mm
 from cocyclereg.grid import Grid
 from cocyclereg.losses import mind_ssc
-from cocyclereg.spatial_transformer import SpatialTransformer
 
 
 def refine_flow(
@@ -58,38 +61,27 @@ def refine_flow(
         target_descriptor = mind_ssc(target, mind_radius, mind_dilation)[:, :, mask]
     compiled = flow.device.type == "cpu" and flow.dtype == torch.float32
     voxels = torch.nonzero(mask)  # (M, 3) in C order, as boolean indexing orders them
-    flat_voxels = torch.nonzero(mask.flatten())[:, 0].to(flow.device)
-    sampled = max(1, round(refinement.sample_fraction * len(voxels)))
-    generator = torch.Generator().manual_seed(SAMPLING_SEED)
+    flat_voxels = torch.nonzero(mask.flatten())[:, 0]
     if compiled:
         source_descriptor = _channels_last(source_descriptor)
         target_descriptor = target_descriptor.transpose(1, 2).contiguous()  # (N, M, C)
-    warp = SpatialTransformer()
     refined = flow.detach().clone(memory_format=torch.contiguous_format)
     adam = _Adam(refined, refinement.learning_rate)
     inside = mask.to(refined.dtype)  # no image evidence outside: Adam would still move them
     for _ in range(steps):
-        chosen = (
-            torch.randperm(len(voxels), generator=generator)[:sampled].sort().values
-            if sampled < len(voxels)
-            else None
-        )
-        gradient = smoothness_gradient(refined).mul_(weight * inside)
+        displacement = refined[:, :, mask]  # (N, 3, M)
         if compiled:
             similarity = _compiled_mismatch_gradient(
-                source_descriptor, target_descriptor, refined, voxels, chosen
+                source_descriptor, target_descriptor, displacement, voxels
             )
         else:
             similarity = _autograd_mismatch_gradient(
-                warp, source_descriptor, target_descriptor, refined, voxels, chosen
+                source_descriptor, target_descriptor, displacement, voxels
             )
-        where = flat_voxels if chosen is None else flat_voxels[chosen.to(flow.device)]
-        gradient.view(*gradient.shape[:2], -1).index_add_(2, where, similarity)
+        gradient = smoothness_gradient(refined).mul_(weight * inside)
+        gradient.view(*gradient.shape[:2], -1).index_add_(2, flat_voxels, similarity)
         adam.step(gradient)
     return refined
-
-
-SAMPLING_SEED = 0  # the voxel samples of every step: the same registration on every run
 
 
 def smoothness_gradient(flow: torch.Tensor) -> torch.Tensor:
@@ -122,21 +114,26 @@ def flow_on_grid(flow: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     return torch.from_numpy(moved).float()[None].to(flow.device)
 
 
-def _autograd_mismatch_gradient(warp, source_descriptor, target_descriptor, flow, voxels, chosen):
-    """``d mean((W(source, flow) - target)^2) / d flow`` at the region's voxels ``voxels``
-    (``(M, 3)``; ``target_descriptor`` ``(N, C, M)`` holds the target there), or at the
-    ``chosen`` rows of them only (the mean over those), as ``(N, 3, M')``, by autograd
-    through :meth:`SpatialTransformer.at`."""
-    if chosen is not None:
-        voxels, target_descriptor = voxels[chosen], target_descriptor[:, :, chosen]
-    mask = torch.zeros(flow.shape[2:], dtype=torch.bool, device=flow.device)
-    index = voxels.to(flow.device)
-    mask[index[:, 0], index[:, 1], index[:, 2]] = True
-    flow = flow.detach().requires_grad_(True)
+def _autograd_mismatch_gradient(source_descriptor, target_descriptor, displacement, voxels):
+    """``d mean((W(source, u) - target)^2) / d u`` at the voxels ``voxels`` (``(M, 3)``, of the
+    source's grid), ``u`` the displacement there (``displacement``, ``(N, 3, M)`` voxels) and
+    ``target_descriptor`` ``(N, C, M)`` the target's values there; ``(N, 3, M)``, by autograd
+    through ``grid_sample`` (trilinear, border-clamped: :class:`SpatialTransformer`'s warp)."""
+    sizes = torch.tensor(source_descriptor.shape[2:], dtype=displacement.dtype)
+    sizes = sizes.to(displacement.device).view(1, 3, 1)
+    displacement = displacement.detach().requires_grad_(True)
     with torch.enable_grad():
-        warped = warp.at(source_descriptor, flow, mask)
-        (warped - target_descriptor.to(warped.device)).square().mean().backward()
-    return flow.grad[:, :, mask]
+        position = voxels.T.to(displacement)[None] + displacement  # (N, 3, M) in (d, h, w)
+        normalised = 2 * position / (sizes - 1).clamp(min=1) - 1
+        points = normalised.transpose(1, 2).flip(-1)[:, :, None, None]  # (N, M, 1, 1, xyz)
+        source = source_descriptor.to(displacement.dtype)
+        if source.shape[0] != points.shape[0]:
+            source = source.expand(points.shape[0], *source.shape[1:])
+        warped = F.grid_sample(
+            source, points, mode="bilinear", padding_mode="border", align_corners=True
+        )[:, :, :, 0, 0]
+        (warped - target_descriptor).square().mean().backward()
+    return displacement.grad
 
 
 def _channels_last(source_descriptor: torch.Tensor) -> list[np.ndarray]:
@@ -146,22 +143,19 @@ def _channels_last(source_descriptor: torch.Tensor) -> list[np.ndarray]:
     return [item.permute(1, 2, 3, 0).contiguous().numpy() for item in source_descriptor]
 
 
-def _compiled_mismatch_gradient(sources, target_descriptor, flow, voxels, chosen):
+def _compiled_mismatch_gradient(sources, target_descriptor, displacement, voxels):
     """As :func:`_autograd_mismatch_gradient`, for float32 CPU tensors, by
     :func:`cocyclereg.kernels.warped_mismatch_gradient`; ``sources`` from
     :func:`_channels_last`, ``target_descriptor`` ``(N, M, C)``."""
-    if chosen is not None:
-        voxels, target_descriptor = voxels[chosen], target_descriptor[:, chosen]
     voxels = np.ascontiguousarray(voxels.numpy())
-    count, channels = target_descriptor.shape[1:]
-    items = flow.shape[0]
+    items, (count, channels) = displacement.shape[0], target_descriptor.shape[1:]
     gradient = torch.empty(items, 3, count)
     for item in range(items):
         kernels.warped_mismatch_gradient(
             sources[item if len(sources) > 1 else 0],
             np.ascontiguousarray(target_descriptor[item].numpy()),
             voxels,
-            flow[item].contiguous().numpy(),
+            np.ascontiguousarray(displacement[item].numpy()),
             gradient[item].numpy(),
         )
     return gradient / (items * channels * count)
