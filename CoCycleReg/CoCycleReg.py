@@ -61,7 +61,7 @@ class CoCycleReg(ScriptedLoadableModule):
         self.parent.title = _("CoCycleReg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["CoCycleReg developers (independent; no institution)"]
+        self.parent.contributors = ["CoCycleReg developers"]
         self.parent.helpText = _(
             "Learned multi-modal deformable registration (CT↔MRI, T1↔T2 MRI) with the "
             "CoCycleReg dual-head network. Choose the fixed and moving volumes, a model and "

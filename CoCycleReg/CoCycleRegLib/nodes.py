@@ -227,16 +227,6 @@ def same_geometry(a, b, tolerance: float = 1e-4) -> bool:
     return close and a.GetImageData().GetDimensions() == b.GetImageData().GetDimensions()
 
 
-def show_in_slice_views(scene, background, foreground=None, opacity: float = 0.5) -> None:
-    """Fixed as background and (warped) moving as foreground in every slice view."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for index in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(index)
-        composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
-        composite.SetForegroundOpacity(opacity)
-
-
 def _remove_with_helpers(scene, node) -> None:
     """Remove a node with its display and storage nodes."""
     if node is None or node.GetScene() is None:
