@@ -180,6 +180,7 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameterNode.fixedVolume = first
         if not chosen_path(parameterNode.modelPath) and self._cards:
             parameterNode.modelPath = self._cards[0].path
+            parameterNode.network = self._cards[0].use_network  # the model's recommendation
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
