@@ -2,7 +2,11 @@
 
 This file stays thin: the widget binds the panel to a parameter node and runs the package in a
 separate process; every MRML operation lives in ``CoCycleRegLib`` (plain functions that take a
-scene and nodes, tested on Slicer's own libraries outside the application).
+scene and nodes, tested on Slicer's own libraries outside the application), and so do the
+panel's rules (``CoCycleRegLib.panel``) and the install steps (``CoCycleRegLib.dependencies``).
+
+It stays importable on Python 3.9 (Slicer 5.6 and 5.8), where it only says that CoCycleReg
+needs Slicer 5.10 or later.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import qt
 import slicer
 from CoCycleRegLib import dependencies, models
 from CoCycleRegLib import nodes as mrml
+from CoCycleRegLib.panel import PanelState, chosen_path, other_modality, overlay
 from CoCycleRegLib.pipeline import (
     RegistrationRequest,
     check_request,
@@ -28,6 +33,8 @@ from CoCycleRegLib.pipeline import (
 )
 from CoCycleRegLib.process import RegistrationProcess
 from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -39,33 +46,32 @@ from slicer.util import VTKObservationMixin
 
 README_URL = "https://github.com/CoCycleReg/SlicerCoCycleReg#readme"
 MODULE_DIR = Path(__file__).resolve().parent
-# The bundled models ship inside the cocyclereg package: beside the installed module, or in the
-# source tree when the module runs from a checkout.
+# The bundled models ship inside the cocyclereg package: beside the module (CMake copies the
+# package there in the build tree and the installed extension), or in the source tree.
 _BUNDLED = Path("CoCycleRegTrain") / "src" / "cocyclereg" / "resources" / "models"
 MODELS_DIR = next(
     (d for d in (MODULE_DIR / _BUNDLED, MODULE_DIR.parent / _BUNDLED) if d.is_dir()),
     MODULE_DIR / _BUNDLED,
 )
-FROM_DISK = "Model file from disk…"
 
 
 class CoCycleReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "CoCycleReg"
-        self.parent.categories = ["Registration"]
+        self.parent.title = _("CoCycleReg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
         self.parent.contributors = ["CoCycleReg developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Learned multi-modal deformable registration (CT↔MRI, T1↔T2 MRI) with the "
             "CoCycleReg dual-head network. Choose the fixed and moving volumes, a model and "
             "which input is which modality, then Apply. The forward transform (moving → fixed, "
             "resampling direction) and its inverse are added next to the moving volume, with "
             "the warped volume, warped copies of the chosen segmentations and labelmaps, and "
-            "the Jacobian determinant with its folding count. "
-            f'See the <a href="{README_URL}">README</a>. Research software, not a medical device.'
-        )
-        self.parent.acknowledgementText = (
+            "the Jacobian determinant with its folding count. Needs 3D Slicer 5.10 or later. "
+            'See the <a href="{url}">README</a>. Research software, not a medical device.'
+        ).format(url=README_URL)
+        self.parent.acknowledgementText = _(
             "Method: Lian et al., CoCycleReg, Neurocomputing 500 (2022). Icon from TCGA-DU-7294 "
             "(TCIA TCGA-LGG, CC BY 3.0)."
         )
@@ -73,11 +79,18 @@ class CoCycleReg(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class CoCycleRegParameterNode:
-    """The panel's state, saved with the scene."""
+    """The panel's state, saved with the scene.
+
+    Bound to widgets (SlicerParameterName in the .ui), each with a type Slicer's GUI
+    connectors accept for that widget: the volumes, ``modelPath`` (a ``Path``: the only type
+    the ctkPathLineEdit connector takes; ``Path()`` means no model) and the check boxes.
+    ``movingModality`` is synced by hand with its combo box, whose items come from the chosen
+    model (the QComboBox connector needs a fixed list of choices).
+    """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    modelPath: str = ""
+    modelPath: Path
     movingModality: str = ""
     affine: bool = True
     refine: bool = True
@@ -96,8 +109,11 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
-        self._results = None
+        self._state = PanelState()
         self._cards = []
+        self._card = None
+        self._shownModelPath = None
+        self._unsupported = dependencies.slicer_support_problem()
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -114,10 +130,9 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.clear()
         for card in self._cards:
             self.ui.modelComboBox.addItem(card.name, str(card.path))
-        self.ui.modelComboBox.addItem(FROM_DISK, "")
+        self.ui.modelComboBox.addItem(_("Model file from disk…"), "")
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChoice)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPath)
-        self.ui.movingModalityComboBox.connect("currentIndexChanged(int)", self.updateModalities)
+        self.ui.movingModalityComboBox.connect("currentIndexChanged(int)", self.onModalityChoice)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.showJacobianButton.connect("toggled(bool)", self.onShowJacobian)
         self.ui.labelmapsSelector.connect("checkedNodesChanged()", self._checkCanApply)
@@ -127,9 +142,9 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(200)
         self.timer.connect("timeout()", self.onTimer)
         self.ui.progressBar.hide()
+        self.ui.modelPathLineEdit.visible = False
         self.ui.showJacobianButton.enabled = False
         self.initializeParameterNode()
-        self.onModelChoice(self.ui.modelComboBox.currentIndex)
 
     def cleanup(self) -> None:
         self.cancelRun()
@@ -142,90 +157,121 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk_modified(), self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk_modified(), self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelRun()
         self.setParameterNode(None)
+        self._state.reset()
+        self._shownModelPath = None
+        self.ui.foldingLabel.text = ""
+        self.ui.showJacobianButton.checked = False
+        self.ui.showJacobianButton.enabled = False
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.fixedVolume:
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.fixedVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
-                self._parameterNode.fixedVolume = first
+                parameterNode.fixedVolume = first
+        if not chosen_path(parameterNode.modelPath) and self._cards:
+            parameterNode.modelPath = self._cards[0].path
+            parameterNode.network = self._cards[0].use_network  # the model's recommendation
+        self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk_modified(), self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk_modified(), self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk_modified(), self._checkCanApply)
-            self._checkCanApply()
+            self.addObserver(self._parameterNode, vtk_modified(), self.onParameterNodeModified)
+        self.onParameterNodeModified()
 
-    # Model and modalities -------------------------------------------------------------------
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode:
+            self._showModel()
+            self._showModality()
+        self._checkCanApply()
+
+    # Model and modalities (synced by hand: their choices come from the model) ---------------
 
     def onModelChoice(self, index: int) -> None:
+        """A bundled model sets the path; "from disk" shows the path field to pick a file."""
         path = self.ui.modelComboBox.itemData(index) or ""
-        fromDisk = self.ui.modelComboBox.itemText(index) == FROM_DISK
-        self.ui.modelPathLineEdit.visible = fromDisk
-        if not fromDisk and self._parameterNode:
-            self._parameterNode.modelPath = path
-        self.onModelPath()
+        self.ui.modelPathLineEdit.visible = not path
+        if path and self._parameterNode:
+            self._parameterNode.modelPath = Path(path)
 
-    def currentCard(self):
-        path = self._parameterNode.modelPath if self._parameterNode else ""
-        if not path:
-            return None
-        try:
-            return models.read_model_card(path)
-        except models.ModelCardError as error:
-            self.ui.modelInfoLabel.text = str(error)
-            return None
-
-    def onModelPath(self, *args) -> None:
-        card = self.currentCard()
-        self.ui.modelInfoLabel.text = card.description() if card else "No model chosen."
-        previous = self.ui.movingModalityComboBox.currentText
+    def _showModel(self) -> None:
+        """Show the parameter node's model: the combo's item, the card, the modalities; a
+        newly chosen model also sets "Start from the network's field" to its recommendation."""
+        path = chosen_path(self._parameterNode.modelPath)
+        if path == self._shownModelPath:
+            return
+        changedByUser = self._shownModelPath is not None
+        self._shownModelPath = path
+        index = self.ui.modelComboBox.findData(path) if path else -1
+        if index < 0:
+            index = self.ui.modelComboBox.count - 1  # a file from disk
+        wasBlocked = self.ui.modelComboBox.blockSignals(True)
+        self.ui.modelComboBox.currentIndex = index
+        self.ui.modelComboBox.blockSignals(wasBlocked)
+        self.ui.modelPathLineEdit.visible = not self.ui.modelComboBox.itemData(index)
+        self._card = None
+        text = _("No model chosen.")
+        if path:
+            try:
+                self._card = models.read_model_card(path)
+                text = self._card.description()
+            except models.ModelCardError as error:
+                text = str(error)
+        self.ui.modelInfoLabel.text = text
+        wasBlocked = self.ui.movingModalityComboBox.blockSignals(True)
         self.ui.movingModalityComboBox.clear()
-        if card:
-            self.ui.movingModalityComboBox.addItems(list(card.modalities))
-            if previous in card.modalities:
-                self.ui.movingModalityComboBox.currentText = previous
-            if self._parameterNode is not None:
-                self._parameterNode.network = card.use_network  # the model's recommendation
-        self.updateModalities()
+        if self._card:
+            self.ui.movingModalityComboBox.addItems(list(self._card.modalities))
+        self.ui.movingModalityComboBox.blockSignals(wasBlocked)
+        if self._card and changedByUser:
+            self._parameterNode.network = self._card.use_network  # the model's recommendation
 
-    def updateModalities(self, *args) -> None:
-        card = self.currentCard()
-        moving = self.ui.movingModalityComboBox.currentText
-        fixed = ""
-        if card and moving in card.modalities:
-            fixed = card.modalities[1] if moving == card.modalities[0] else card.modalities[0]
-        self.ui.fixedModalityLabel.text = fixed or "—"
-        self._checkCanApply()
+    def _showModality(self) -> None:
+        """Select the parameter node's moving modality (or, if the model has no such
+        modality, the model's first, written back)."""
+        combo = self.ui.movingModalityComboBox
+        wanted = self._parameterNode.movingModality
+        index = combo.findText(wanted) if wanted else -1
+        if index < 0 and combo.count:
+            index = 0
+        wasBlocked = combo.blockSignals(True)
+        combo.currentIndex = index
+        combo.blockSignals(wasBlocked)
+        shown = combo.currentText if index >= 0 else ""
+        modalities = self._card.modalities if self._card else ()
+        self.ui.fixedModalityLabel.text = other_modality(modalities, shown) or "—"
+        if shown != wanted:
+            self._parameterNode.movingModality = shown
+
+    def onModalityChoice(self, index: int) -> None:
+        if self._parameterNode:
+            self._parameterNode.movingModality = self.ui.movingModalityComboBox.currentText
 
     # Apply / Cancel -----------------------------------------------------------------------
 
     def currentRequest(self) -> RegistrationRequest:
         p = self._parameterNode
-        card = self.currentCard()
         moving = p.movingModality or None
-        fixed = None
-        if card and moving in card.modalities:
-            fixed = card.modalities[1] if moving == card.modalities[0] else card.modalities[0]
         return RegistrationRequest(
             fixed=p.fixedVolume,
             moving=p.movingVolume,
-            model_path=p.modelPath,
+            model_path=chosen_path(p.modelPath),
             moving_modality=moving,
-            fixed_modality=fixed,
+            fixed_modality=other_modality(self._card.modalities, moving) if self._card else None,
             affine=p.affine,
             refine=p.refine,
             network=p.network,
@@ -238,42 +284,65 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._run is not None:
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the registration; the scene stays as it was."
-            self.ui.applyButton.enabled = True
-            return
-        self.ui.applyButton.text = "Apply"
-        reason = check_request(self.currentRequest()) if self._parameterNode else "Loading…"
-        self.ui.applyButton.enabled = reason is None
-        self.ui.applyButton.toolTip = reason or "Register the moving volume to the fixed volume."
-        self.ui.statusLabel.text = reason or "Ready."
+        if self._unsupported:
+            reason = self._unsupported
+        elif self._parameterNode is None:
+            reason = _("Loading…")
+        else:
+            reason = check_request(self.currentRequest())
+        state = self._state
+        self.ui.applyButton.text = _("Cancel") if state.running else _("Apply")
+        self.ui.applyButton.enabled = state.apply_enabled(reason)
+        if state.running:
+            self.ui.applyButton.toolTip = _("Stop the registration; the scene stays as it was.")
+        else:
+            self.ui.applyButton.toolTip = reason or _(
+                "Register the moving volume to the fixed volume."
+            )
+        self.ui.statusLabel.text = state.status_text(reason)
+
+    def setInstallStatus(self, text: str) -> None:
+        """The status line of the install step under way (and the log)."""
+        self._state.installing = text
+        self.log(text)
+        self._checkCanApply()
+        slicer.app.processEvents()
 
     def onApplyButton(self) -> None:
-        if self._run is not None:
+        if self._state.running:
             self.cancelRun()
-            self.log("Cancelled: nothing was added to the scene.")
+            self.log(self._state.outcome)
+            self._checkCanApply()
             return
+        if not self._state.install_started(_("Checking PyTorch and the cocyclereg package…")):
+            return  # an install is under way (Slicer keeps processing clicks during it)
         request = self.currentRequest()
-        with slicer.util.tryWithErrorDisplay("CoCycleReg could not start.", waitCursor=True):
-            self.log("Checking PyTorch and the cocyclereg package…")
-            self.logic.ensureDependencies(slicer.util.confirmOkCancelDisplay)
-            self.ui.logTextEdit.clear()
-            self._run = self.logic.start(request)
-            self.log(" ".join(self._run.process.command))
-            self.ui.progressBar.show()
-            self.ui.progressBar.setRange(0, 0)  # busy: the package reports stages at the end
-            self.ui.statusLabel.text = "Registering (the network runs in a separate process)…"
-            self.timer.start()
         self._checkCanApply()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("CoCycleReg could not start."), waitCursor=True):
+                self.logic.ensureDependencies(status=self.setInstallStatus)
+                self._state.install_finished()
+                self.ui.logTextEdit.clear()
+                self._run = self.logic.start(request)
+                self._state.run_started()
+                self.log(" ".join(self._run.process.command))
+                self.ui.progressBar.show()
+                self.ui.progressBar.setRange(0, 0)  # busy: the package reports stages at the end
+                self.timer.start()
+        except Exception as error:  # shown by tryWithErrorDisplay; the status line keeps it
+            self._state.run_failed(error)
+            self.log(self._state.outcome)
+        finally:
+            self._state.install_finished()
+            self._checkCanApply()
 
     def cancelRun(self) -> None:
         if self._run is not None:
             self.timer.stop()
             self.logic.cancel(self._run)
             self._run = None
+            self._state.run_cancelled()
             self.ui.progressBar.hide()
-            self._checkCanApply()
 
     def onTimer(self) -> None:
         run = self._run
@@ -285,22 +354,24 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self.ui.progressBar.hide()
         try:
-            self._results = self.logic.finish(run)
+            results = self.logic.finish(run)
         except Exception as error:  # shown to the user; the scene was restored
-            self.ui.statusLabel.text = f"Failed: {error}"
-            self.log(f"Failed: {error}")
-            slicer.util.errorDisplay(f"CoCycleReg failed: {error}")
+            self._state.run_failed(error)
+            self.log(self._state.outcome)
+            slicer.util.errorDisplay(_("CoCycleReg failed: {error}").format(error=error))
         else:
-            self.ui.foldingLabel.text = self._results.folding_text()
-            self.ui.showJacobianButton.enabled = self._results.jacobian is not None
+            self._state.run_finished(results, run.request)
+            self.ui.foldingLabel.text = results.folding_text()
+            self.ui.showJacobianButton.enabled = results.jacobian is not None
             self.ui.showJacobianButton.checked = False
-            self.logic.showResults(self._results, run.request)
-            self.ui.statusLabel.text = "Done: results are next to the moving volume."
+            self.logic.showResults(results, run.request)
+            self.log(self._state.outcome)
         self._checkCanApply()
 
     def onShowJacobian(self, show: bool) -> None:
-        if self._results is not None:
-            self.logic.showResults(self._results, self.currentRequest(), jacobian=show)
+        """The finished run's Jacobian (or warped volume) over that run's fixed volume."""
+        if self._state.results is not None:
+            self.logic.showResults(self._state.results, self._state.request, jacobian=show)
 
     def log(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
@@ -340,41 +411,70 @@ class CoCycleRegLogic(ScriptedLoadableModuleLogic):
         )
         return str(candidate) if candidate.exists() else sys.executable
 
-    def ensureDependencies(self, confirm=slicer.util.confirmOkCancelDisplay) -> None:
-        """Torch from the PyTorch extension, then the bundled ``cocyclereg`` package, each
-        installed only after the user agrees; Slicer's numpy and SimpleITK stay as they are."""
+    def ensureDependencies(self, status=logging.info, confirm=None) -> None:
+        """Torch from the PyTorch extension, then the bundled ``cocyclereg`` package (listing
+        what pip will install, after the user agrees), then its kernels compiled once.
+        Slicer's numpy, SimpleITK and torch stay as they are; ``status`` gets one line per
+        step."""
+        problem = dependencies.slicer_support_problem()
+        if problem:
+            raise RuntimeError(problem)
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
             raise RuntimeError(
-                "CoCycleReg needs the PyTorch extension: install 'PyTorch' from the Extensions "
-                "Manager and restart Slicer."
+                _(
+                    "CoCycleReg needs the PyTorch extension: install 'PyTorch' from the "
+                    "Extensions Manager and restart Slicer."
+                )
             ) from error
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(
+        torchVersion = dependencies.installed_version("torch")  # metadata: torch not imported
+        problem = dependencies.torch_problem(torchVersion)
+        if problem:
+            raise RuntimeError(problem)
+        if torchVersion is None:
+            status(_("Installing PyTorch (PyTorch extension)…"))
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
                 askConfirmation=True, torchVersionRequirement=dependencies.TORCH_REQUIREMENT
             )
             if torch is None:
-                raise RuntimeError("CoCycleReg needs PyTorch; it was not installed.")
+                raise RuntimeError(_("CoCycleReg needs PyTorch; it was not installed."))
         package = dependencies.bundled_package(MODULE_DIR)
         if package is None:
             if dependencies.package_is_installed():
                 return
-            raise RuntimeError("The bundled cocyclereg package is missing from this extension.")
+            raise RuntimeError(_("The bundled cocyclereg package is missing from this extension."))
         if dependencies.package_is_installed(dependencies.bundled_version(package)):
             return
-        if not confirm(
-            "CoCycleReg will install (or update) its Python package and its dependencies "
-            "(numba, h5py, safetensors and a few small ones) into Slicer's Python. Slicer's "
-            "numpy, SimpleITK and torch are kept. Continue?"
-        ):
-            raise RuntimeError("The cocyclereg package is required; installation was declined.")
         folder = Path(tempfile.mkdtemp(prefix="CoCycleReg-install-"))
         try:
+            status(_("Checking what the cocyclereg package needs…"))
             constraints = folder / "constraints.txt"
             constraints.write_text(dependencies.pip_constraints())
-            slicer.util.pip_install(dependencies.pip_install_arguments(package, constraints))
+            source = dependencies.staged_source(package, folder)
+            report = folder / "report.json"
+            python = self.pythonSlicer()
+            command = dependencies.dry_run_command(python, source, constraints, report)
+            slicer.util.logProcessOutput(slicer.util.launchConsoleProcess(command))
+            text, details = dependencies.install_question(dependencies.read_install_plan(report))
+            confirmed = (
+                confirm(text, details)
+                if confirm
+                else slicer.util.confirmOkCancelDisplay(text, detailedText=details)
+            )
+            if not confirmed:
+                raise RuntimeError(
+                    _("The cocyclereg package is required; installation was declined.")
+                )
+            status(_("Installing the cocyclereg package into Slicer's Python…"))
+            slicer.util.pip_install(dependencies.pip_install_arguments(source, constraints))
+            status(
+                _("Compiling the package's kernels (once after installing, {seconds})…").format(
+                    seconds=dependencies.WARM_UP_SECONDS
+                )
+            )
+            warmUp = dependencies.warm_up_command(python)
+            slicer.util.logProcessOutput(slicer.util.launchConsoleProcess(warmUp))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -418,10 +518,12 @@ class CoCycleRegLogic(ScriptedLoadableModuleLogic):
         return self.finish(run)
 
     def showResults(self, results, request, jacobian: bool = False) -> None:
-        """Fixed as background, warped moving (or the Jacobian) as foreground."""
-        foreground = results.jacobian if jacobian else (results.warped or results.jacobian)
-        mrml.show_in_slice_views(slicer.mrmlScene, request.fixed, foreground, opacity=0.5)
-        slicer.util.resetSliceViews()
+        """The request's fixed volume as background, the warped moving volume (or the
+        Jacobian) as foreground at half opacity."""
+        background, foreground = overlay(results, request, jacobian)
+        slicer.util.setSliceViewerLayers(
+            background=background, foreground=foreground, foregroundOpacity=0.5, fit=True
+        )
 
 
 class CoCycleRegTest(ScriptedLoadableModuleTest):
@@ -437,14 +539,14 @@ class CoCycleRegTest(ScriptedLoadableModuleTest):
     def test_register_constant_model(self):
         import numpy as np
 
-        try:
-            import torch
+        # No silent skip: a build tree or a fresh Slicer without the package fails here, with
+        # what to do (ctest must not pass a test that tested nothing).
+        CoCycleRegLogic().ensureDependencies(confirm=lambda text, details: True)
+        import torch
 
-            from cocyclereg.model_file import ModelInfo, save_model
-            from cocyclereg.networks import DualHeadUNet
-        except ImportError:
-            self.delayDisplay("Skipped: install PyTorch and cocyclereg first (press Apply once).")
-            return
+        from cocyclereg.model_file import ModelInfo, save_model
+        from cocyclereg.networks import DualHeadUNet
+
         self.delayDisplay("Registering two synthetic volumes with a constant-shift model")
         rng = np.random.default_rng(0)
         array = rng.normal(size=(24, 32, 32)).cumsum(0).cumsum(1).cumsum(2).astype(np.float32)

@@ -9,6 +9,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from CoCycleRegLib import dependencies, models
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "CoCycleReg"
@@ -20,13 +21,105 @@ def ui_widgets() -> dict[str, ET.Element]:
     return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
 
 
-def parameter_fields() -> list[str]:
+def parameter_annotations() -> dict[str, ast.expr]:
+    """Field name -> annotation of the @parameterNodeWrapper class, in declaration order."""
     tree = ast.parse(MODULE_FILE.read_text())
     for node in tree.body:
         decorators = [getattr(d, "id", "") for d in getattr(node, "decorator_list", [])]
         if isinstance(node, ast.ClassDef) and "parameterNodeWrapper" in decorators:
-            return [s.target.id for s in node.body if isinstance(s, ast.AnnAssign)]
+            return {s.target.id: s.annotation for s in node.body if isinstance(s, ast.AnnAssign)}
     raise AssertionError("no @parameterNodeWrapper class in CoCycleReg.py")
+
+
+def parameter_fields() -> list[str]:
+    return list(parameter_annotations())
+
+
+def bindings() -> dict[str, str]:
+    """Field name -> class of the .ui widget bound to it (its SlicerParameterName)."""
+    bound = {}
+    for widget in ui_widgets().values():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = widget.get("class")
+    return bound
+
+
+# The rules of Slicer's GUI connectors, read from Base/Python/slicer/parameterNodeWrapper/
+# guiConnectors.py at each release (each connector's canRepresent and create). A connector is
+# (widget classes, field types, annotations its create() requires, else it raises).
+# canRepresent compares ``type(widget)`` exactly, so a subclass (qMRMLCheckableNodeComboBox,
+# ctkComboBox before 5.8) is not accepted; field types are the unannotated type. A str field
+# on a QComboBox needs a Choice annotation (QComboBoxToStringableConnector.create raises
+# "ComboBoxToStringableConnector requires the Choice annotation to be used"); ctkPathLineEdit
+# and ctkDirectoryButton take only pathlib types; createGuiConnector raises "Unable to create
+# GUI connector" for a pair no connector accepts, and so does connectGui.
+PATH_TYPES = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
+BOUNDS = {"WithinRange"}  # (or both Minimum and Maximum; not used by this module)
+GUI_CONNECTORS = {
+    "5.6.2": [
+        ({"QCheckBox"}, {"bool"}, set()),
+        ({"QPushButton"}, {"bool"}, set()),
+        ({"QSpinBox"}, {"int"}, set()),
+        ({"QSlider"}, {"int"}, BOUNDS),
+        ({"QDoubleSpinBox"}, {"float"}, set()),
+        ({"ctkSliderWidget", "qMRMLSliderWidget"}, {"float"}, BOUNDS),
+        ({"QComboBox"}, {"int", "float", "str", "bool"}, {"Choice"}),
+        ({"QComboBox"}, {"enum"}, set()),
+        ({"QLineEdit"}, {"str"}, set()),
+        ({"QTextEdit"}, {"str"}, set()),
+        ({"ctkRangeWidget"}, {"FloatRange"}, {"RangeBounds"}),
+        ({"ctkPathLineEdit"}, PATH_TYPES, set()),
+        ({"ctkDirectoryButton"}, PATH_TYPES, set()),
+        ({"qMRMLNodeComboBox"}, {"node"}, set()),
+    ],
+}
+GUI_CONNECTORS["5.8.1"] = GUI_CONNECTORS["5.6.2"] + [
+    ({"ctkCheckBox"}, {"bool"}, set()),
+    ({"ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"}, {"float"}, set()),
+    ({"ctkComboBox"}, {"int", "float", "str", "bool"}, {"Choice"}),
+    ({"ctkComboBox"}, {"enum"}, set()),
+    ({"QLabel"}, {"str"}, set()),
+    ({"ctkDoubleRangeSlider", "qMRMLRangeWidget"}, {"FloatRange"}, {"RangeBounds"}),
+]
+GUI_CONNECTORS["5.10.0"] = GUI_CONNECTORS["5.8.1"] + [
+    ({"ctkCheckablePushButton"}, {"bool"}, set()),
+    ({"QDoubleSpinBox", "ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"}, {"int"}, set()),
+    ({"ctkColorPickerButton"}, {"QColor"}, set()),
+]
+
+
+def field_type(annotation: ast.expr) -> tuple[str, set[str]]:
+    """(type as the connectors see it, names of its Annotated extras): ``bool`` -> ("bool",
+    set()), ``Annotated[str, Choice([...])]`` -> ("str", {"Choice"}), ``vtkMRML...Node`` (or a
+    Union of them) -> ("node", set()), ``pathlib.Path`` -> ("Path", set())."""
+    if isinstance(annotation, ast.Subscript):
+        outer = ast.unparse(annotation.value).split(".")[-1]
+        parts = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else []
+        if outer == "Annotated" and parts:
+            extras = {ast.unparse(getattr(p, "func", p)).split(".")[-1] for p in parts[1:]}
+            return field_type(parts[0])[0], extras
+        if outer in ("Union", "Optional"):
+            members = parts or [annotation.slice]
+            if all(field_type(m)[0] == "node" for m in members):
+                return "node", set()
+        return ast.unparse(annotation), set()
+    name = ast.unparse(annotation).split(".")[-1]
+    if name.startswith("vtkMRML") and name.endswith("Node"):
+        return "node", set()
+    return name, set()
+
+
+def accepted(release: str, widget_class: str, annotation: ast.expr) -> bool:
+    kind, extras = field_type(annotation)
+    return any(
+        widget_class in widgets and kind in kinds and required <= extras
+        for widgets, kinds, required in GUI_CONNECTORS[release]
+    )
+
+
+def typed(text: str) -> ast.expr:
+    return ast.parse(f"x: {text}").body[0].annotation
 
 
 def test_every_widget_the_code_uses_is_in_the_ui_file():
@@ -36,14 +129,48 @@ def test_every_widget_the_code_uses_is_in_the_ui_file():
     assert not missing, f"widgets used in CoCycleReg.py but absent from the .ui: {missing}"
 
 
-def test_every_parameter_node_field_is_bound_to_a_widget():
-    bound = {}
-    for name, widget in ui_widgets().items():
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.find("string").text] = name
-    fields = parameter_fields()
-    assert set(fields) == set(bound), (fields, bound)
+@pytest.mark.parametrize("release", sorted(GUI_CONNECTORS))
+def test_every_binding_is_one_slicers_gui_connectors_accept(release):
+    """connectGui raises at the first binding no connector accepts, leaving the panel
+    unconnected (and Apply disabled): every (widget class, field type) pair must be one
+    Slicer's connectors accept, in every release the module loads in (5.6 and 5.8 included:
+    there the panel must connect to say that CoCycleReg needs Slicer 5.10)."""
+    annotations = parameter_annotations()
+    bound = bindings()
+    assert bound, "no widget is bound to the parameter node?"
+    refused = {
+        field: (widget_class, ast.unparse(annotations[field]) if field in annotations else None)
+        for field, widget_class in bound.items()
+        if field not in annotations or not accepted(release, widget_class, annotations[field])
+    }
+    assert not refused, f"Slicer {release} has no GUI connector for {refused}"
+
+
+def test_the_rules_refuse_what_slicer_refuses():
+    """The encoded rules refuse the bindings that broke the panel, and accept their fixes."""
+    for release in GUI_CONNECTORS:
+        assert not accepted(release, "QComboBox", typed("str"))
+        assert accepted(release, "QComboBox", typed("Annotated[str, Choice(['t1', 't2'])]"))
+        assert not accepted(release, "ctkPathLineEdit", typed("str"))
+        assert accepted(release, "ctkPathLineEdit", typed("pathlib.Path"))
+        node = typed("vtkMRMLScalarVolumeNode")
+        assert not accepted(release, "qMRMLCheckableNodeComboBox", node)
+        assert accepted(release, "qMRMLNodeComboBox", node)
+        assert accepted(release, "QCheckBox", typed("bool"))
+        assert accepted(release, "QDoubleSpinBox", typed("int")) == (release == "5.10.0")
+    assert not accepted("5.6.2", "ctkCheckBox", typed("bool"))
+    assert accepted("5.8.1", "ctkCheckBox", typed("bool"))
+
+
+def test_fields_without_a_widget_are_synced_by_hand():
+    """A field with no SlicerParameterName (its combo box's choices come from the model) is
+    written from its widget and read back into it by the module's own code."""
+    source = MODULE_FILE.read_text()
+    unbound = set(parameter_fields()) - set(bindings())
+    assert unbound == {"movingModality"}
+    for field in unbound:
+        assert f"self._parameterNode.{field} = " in source, f"{field} is never written"
+        assert re.search(rf"= self\._parameterNode\.{field}\b", source), f"{field} is never read"
 
 
 def test_cmake_packages_every_python_file_and_resource():

@@ -64,17 +64,21 @@ def write_volume(node, path: str | os.PathLike) -> str:
     return path
 
 
-def _add_storable(scene, node_class: str, name: str, path: str, storage=None):
+def _add_storable(scene, node_class: str, name: str, path: str, temporary: bool = False):
     """Read ``path`` into a new node of ``node_class``; the node is added to the scene only
-    when the read succeeds."""
+    when the read succeeds.
+
+    ``temporary``: the file is about to be deleted (a run's temporary folder). Slicer then keeps
+    the node marked modified since read (``ReadData(node, temporaryFile=True)``), so Save
+    writes its data next to the scene instead of pointing the .mrml at the deleted file.
+    """
     node = scene.CreateNodeByClass(node_class)
     node.UnRegister(None)  # CreateNodeByClass hands back a reference we own
     node.SetName(name)
-    storage = storage or _storage_node_for(node, path)
-    storage.SetFileName(os.fspath(path))
+    storage = _storage_node_for(node, path)
     scene.AddNode(node)
     scene.AddNode(storage)
-    if not storage.ReadData(node):
+    if not storage.ReadData(node, temporary):
         scene.RemoveNode(node)
         scene.RemoveNode(storage)
         raise OSError(f"Slicer could not read {path}")
@@ -82,19 +86,24 @@ def _add_storable(scene, node_class: str, name: str, path: str, storage=None):
     return node
 
 
-def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
-    """A scalar (or labelmap) volume node read from a file, with display node."""
+def load_volume(
+    scene, path, name: str | None = None, labelmap: bool = False, temporary: bool = False
+):
+    """A scalar (or labelmap) volume node read from a file, with display node (``temporary``:
+    see :func:`_add_storable`)."""
     path = os.fspath(path)
     name = name or os.path.basename(path).split(".")[0]
     node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = _add_storable(scene, node_class, name, path)
+    node = _add_storable(scene, node_class, name, path, temporary)
     node.CreateDefaultDisplayNodes()
     return node
 
 
-def load_transform(scene, path, name: str):
-    """A transform node read from an ITK transform file (``.h5``) by Slicer's storage node."""
-    return _add_storable(scene, "vtkMRMLTransformNode", name, os.fspath(path))
+def load_transform(scene, path, name: str, temporary: bool = False):
+    """A grid transform node (``vtkMRMLGridTransformNode``, the class Slicer's own loader makes
+    for a displacement field) read from an ITK transform file (``.h5``) by Slicer's storage
+    node (``temporary``: see :func:`_add_storable`)."""
+    return _add_storable(scene, "vtkMRMLGridTransformNode", name, os.fspath(path), temporary)
 
 
 def tag_registration_roles(transform, moving, fixed) -> None:
@@ -194,10 +203,10 @@ def jacobian_color_node(scene):
     return color
 
 
-def load_jacobian(scene, path, fixed, name: str | None = None):
+def load_jacobian(scene, path, fixed, name: str | None = None, temporary: bool = False):
     """The Jacobian determinant volume on the fixed grid, displayed with the diverging map
     centred at 1 over [0, 2] (J <= 0, folding, shows in the darkest blue)."""
-    node = load_volume(scene, path, name or f"{fixed.GetName()} Jacobian")
+    node = load_volume(scene, path, name or f"{fixed.GetName()} Jacobian", temporary=temporary)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(jacobian_color_node(scene).GetID())
     display.AutoWindowLevelOff()
@@ -216,16 +225,6 @@ def same_geometry(a, b, tolerance: float = 1e-4) -> bool:
         for c in range(4)
     )
     return close and a.GetImageData().GetDimensions() == b.GetImageData().GetDimensions()
-
-
-def show_in_slice_views(scene, background, foreground=None, opacity: float = 0.5) -> None:
-    """Fixed as background and (warped) moving as foreground in every slice view."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for index in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(index)
-        composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
-        composite.SetForegroundOpacity(opacity)
 
 
 def _remove_with_helpers(scene, node) -> None:

@@ -187,23 +187,31 @@ def import_results(scene, request: RegistrationRequest, files: RunFiles) -> Regi
     fixed, moving = request.fixed, request.moving
     base = f"{moving.GetName()} to {fixed.GetName()}"
     try:
-        transform = mrml.load_transform(scene, files.transform, f"{base} (CoCycleReg)")
+        # Every file is read as temporary: the run's folder is deleted after the import.
+        transform = mrml.load_transform(
+            scene, files.transform, f"{base} (CoCycleReg)", temporary=True
+        )
         mrml.tag_registration_roles(transform, moving, fixed)
         results = RegistrationResults(transform=transform)
         if files.inverse is not None:
             results.inverse = mrml.load_transform(
-                scene, files.inverse, f"{fixed.GetName()} to {moving.GetName()} (CoCycleReg)"
+                scene,
+                files.inverse,
+                f"{fixed.GetName()} to {moving.GetName()} (CoCycleReg)",
+                temporary=True,
             )
             # The inverse resamples the fixed image onto the moving one: roles swap.
             mrml.tag_registration_roles(results.inverse, fixed, moving)
         if files.warped is not None:
-            results.warped = mrml.load_volume(scene, files.warped, f"{moving.GetName()} warped")
+            results.warped = mrml.load_volume(
+                scene, files.warped, f"{moving.GetName()} warped", temporary=True
+            )
             if moving.GetDisplayNode() is not None and results.warped.GetDisplayNode():
                 results.warped.GetDisplayNode().SetAndObserveColorNodeID(
                     moving.GetDisplayNode().GetColorNodeID()
                 )
         if files.jacobian is not None:
-            results.jacobian = mrml.load_jacobian(scene, files.jacobian, fixed)
+            results.jacobian = mrml.load_jacobian(scene, files.jacobian, fixed, temporary=True)
         for labelmap in request.labelmaps:
             results.labelmaps.append(mrml.warp_labelmap(scene, labelmap, transform, fixed))
         for segmentation in request.segmentations:

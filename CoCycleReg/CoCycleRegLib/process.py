@@ -1,7 +1,9 @@
 """A registration process the GUI can watch and cancel without freezing.
 
 The process runs in its own process group (session); a reader thread moves its output lines
-into a queue that the GUI drains from a timer. Cancelling kills the whole group.
+into a queue that the GUI drains from a timer. Cancelling kills the whole group. On Windows its
+console window is hidden, with the flags ``slicer.util.launchConsoleProcess`` uses (otherwise
+PythonSlicer opens a console, and closing that console kills the run).
 """
 
 from __future__ import annotations
@@ -14,6 +16,22 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+# winbase.h / winuser.h: STARTUPINFO.dwFlags bit that makes wShowWindow apply, and SW_HIDE.
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+
+
+def popen_options(platform: str = sys.platform) -> dict:
+    """``subprocess.Popen`` options: a process group of its own (so Cancel kills the whole
+    tree) and, on Windows, no console window."""
+    if platform != "win32":
+        return {"start_new_session": True}
+    startup = subprocess.STARTUPINFO()
+    startup.dwFlags |= STARTF_USESHOWWINDOW
+    startup.wShowWindow = SW_HIDE
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP, "startupinfo": startup}
 
 
 class RegistrationProcess:
@@ -33,11 +51,7 @@ class RegistrationProcess:
         self.output: list[str] = []
 
     def start(self) -> RegistrationProcess:
-        options: dict = {}
-        if sys.platform == "win32":
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            options["start_new_session"] = True
+        options = popen_options()
         self._process = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,

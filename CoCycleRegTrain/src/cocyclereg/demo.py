@@ -11,6 +11,7 @@ and draws :func:`cocyclereg.figure.registration_figure`. It never trains.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -127,11 +128,18 @@ def run_demo(
     """Register the demo pair and write every output to ``output`` (created if missing).
 
     ``model`` defaults to the bundled ``brain-t1t2`` model. Existing files of the same names in
-    ``output`` are replaced, all together, only once every new one is complete.
+    ``output`` are replaced, all together, only once every new one is complete. The figure
+    needs matplotlib (the ``plot`` extra); without it the demo stops before any work unless
+    ``figure`` is False.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output must be a folder, but {output} is a file.")
+    if figure and importlib.util.find_spec("matplotlib") is None:
+        raise InputError(
+            "the demo's figure (demo.png) is drawn with matplotlib, which is not installed: "
+            "pip install 'cocyclereg[plot]', or run the demo with --no-figure."
+        )
     model = resolve_model(model)
     _check_model(model)
     folder = demo_dir()
