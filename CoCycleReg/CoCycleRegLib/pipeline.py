@@ -25,7 +25,7 @@ class RegistrationRequest:
     fixed_modality: str | None = None
     moving_modality: str | None = None
     affine: bool = True
-    refine: bool = True  # False: the network's fields only (--refine-steps 0)
+    refine: bool = True  # False: the network's fields only (--refine-steps 0 --fine-steps 0)
     network: bool | None = None  # False: the refinement alone (--no-network); None: the model's
     cpu_only: bool = False
     inverse: bool = True
@@ -147,7 +147,7 @@ def register_command(
             command += [option, str(path)]
     command.append("--affine" if request.affine else "--no-affine")
     if not request.refine:
-        command += ["--refine-steps", "0"]
+        command += ["--refine-steps", "0", "--fine-steps", "0"]
     if request.network is not None:
         command.append("--network" if request.network else "--no-network")
     command += ["--device", "cpu" if request.cpu_only else "auto"]
