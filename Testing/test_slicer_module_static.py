@@ -226,6 +226,14 @@ def test_model_card_shows_the_recommended_refinement(model_file, tmp_path):
     save_model(alone, network, dataclasses.replace(info, refinement=recommendation))
     card = models.read_model_card(alone)
     assert not card.use_network and "refinement alone" in card.description()
+    assert "more on" not in card.description()
+
+    finer = tmp_path / "finer.cocyclereg"
+    recommendation = Refinement(steps=12, fine_spacing_mm=1.5, fine_steps=20)
+    save_model(finer, network, dataclasses.replace(info, refinement=recommendation))
+    card = models.read_model_card(finer)
+    assert (card.fine_steps, card.fine_spacing_mm) == (20, 1.5)
+    assert "Then 20 more on 1.5 mm voxels" in card.description()
 
 
 def test_model_card_refuses_other_files(tmp_path):

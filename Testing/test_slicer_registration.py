@@ -272,8 +272,8 @@ def json_affine(files):
 @pytest.mark.parametrize("refine", [True, False])
 @pytest.mark.parametrize("network", [True, False, None])
 def test_the_refine_and_network_switches_reach_the_package_command_line(tmp_path, refine, network):
-    """Refine off: ``--refine-steps 0 --fine-steps 0`` (network only, no level); on: the model's recommendation (no
-    option). Network on/off: ``--network``/``--no-network``; unset: the model's
+    """Refine off: ``--refine-steps 0 --fine-steps 0`` (network only); on: the model's
+    recommendation (no option). Network on/off: ``--network``/``--no-network``; unset: the model's
     recommendation (no option). The module's command must parse with the package's own
     parser."""
     from CoCycleRegLib.pipeline import RunFiles

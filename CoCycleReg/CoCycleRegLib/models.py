@@ -32,6 +32,8 @@ class ModelCard:
     provenance: dict
     refine_steps: int = 0  # instance-optimisation steps the model recommends at inference
     use_network: bool = True  # False: it recommends the refinement alone (--no-network)
+    fine_steps: int = 0  # steps of the finer refinement level it recommends (0: none)
+    fine_spacing_mm: float = 0.0  # that level's voxel size
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -50,6 +52,11 @@ class ModelCard:
             lines.append(f"Training steps: {steps}")
         if self.refine_steps:
             lines.append(f"Refines each pair in {self.refine_steps} steps unless told not to.")
+        if self.fine_steps and self.fine_spacing_mm:
+            lines.append(
+                f"Then {self.fine_steps} more on {self.fine_spacing_mm:g} mm voxels, from the "
+                "images at full resolution."
+            )
         if not self.use_network:
             lines.append(
                 "Recommends the refinement alone, from the pre-aligned images: its network "
@@ -83,6 +90,8 @@ def read_model_card(path) -> ModelCard:
             provenance=provenance,
             refine_steps=int(refinement.get("steps", 0)),
             use_network=refinement.get("use_network", True) is not False,
+            fine_steps=int(refinement.get("fine_steps", 0)),
+            fine_spacing_mm=float(refinement.get("fine_spacing_mm", 0.0)),
         )
     except ModelCardError:
         raise
