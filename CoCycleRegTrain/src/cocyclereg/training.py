@@ -45,6 +45,7 @@ from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
 from cocyclereg.metrics import dice, hd95
 from cocyclereg.model_file import ModelInfo, load_model, save_model
 from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
+from cocyclereg.plausibility import intensity_section
 from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
 
 CHECKPOINT_FORMAT = 1
@@ -616,7 +617,21 @@ def export_checkpoint(
     )
     if refinement is not None:
         info = replace(info, refinement=refinement)
+    info = replace(info, intensity=training_intensity(config))
     return save_model(output, registration, info)
+
+
+def training_intensity(config: Config) -> dict[str, Any]:
+    """The model file's ``intensity`` section (:func:`cocyclereg.plausibility.intensity_section`)
+    from the x and y images of ``config.data.train`` (each file once); empty when that list
+    cannot be read here (the section is optional)."""
+    data = config.data
+    try:
+        cases = load_cases(data.train, data)
+    except CoCycleRegError:
+        return {}
+    images = {side: list(dict.fromkeys(str(getattr(c, side)) for c in cases)) for side in "xy"}
+    return intensity_section({"x": data.x_modality, "y": data.y_modality}, images)
 
 
 def _plain(value: Any) -> Any:
