@@ -43,10 +43,10 @@ def check_output_paths(
             continue
         suffixes = OUTPUT_SUFFIXES[kind]
         if suffixes is not None and full_suffix(path) not in suffixes:
-            given = full_suffix(path) or "a file without an extension"
+            given = full_suffix(path) or "no extension"
             raise InputError(
-                f"{option} {path}: cannot write a {kind} as {given}; use one of "
-                f"{', '.join(suffixes)}."
+                f"{option} {path}: {given} is not a file type {kind} outputs can be written as; "
+                f"use one of {', '.join(suffixes)}."
             )
         resolved = Path(path).resolve()
         if resolved in inputs:
@@ -96,8 +96,8 @@ def _similarity_summary(similarity: dict[str, float]) -> dict | None:
         "improved": improved,
         "verdict": "the images are more similar after registration"
         if improved
-        else "the images are NOT more similar after registration: check the result and the "
-        "inputs (same subject? the modalities the model expects?)",
+        else "the images are NOT more similar after registration than before: either they "
+        "were aligned already, or it failed (same subject? the modalities the model expects?)",
     }
 
 
