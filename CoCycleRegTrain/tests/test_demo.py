@@ -194,6 +194,7 @@ def test_demo_writes_every_output_and_prints_the_scores_evaluate_computes(tmp_pa
     similarity = summary["similarity"]
     assert similarity["better"] == "higher" and similarity["improved"] is True
     assert similarity["after"] > similarity["prealigned"] > similarity["before"] > 1.0
+    assert f"{similarity['before']:.3f} before, {similarity['after']:.3f} after" in printed
     fixed = sitk.ReadImage(str(resources.demo_dir() / "fixed_t2.nii.gz"))
     for name in ("warped_t1", "jacobian", "warped_tumor", "warped_tissue"):
         image = sitk.ReadImage(str(out / f"{name}.nii.gz"))

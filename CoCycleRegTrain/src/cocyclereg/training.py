@@ -556,7 +556,8 @@ def residual_error_mm(
 
 def model_info(config: Config, provenance: dict[str, Any], validation: dict[str, Any]) -> ModelInfo:
     """The description written beside R's weights: modalities, grid, normalisation, network,
-    and where the weights came from."""
+    where the weights came from, and the intensities of the training images
+    (:func:`training_intensity`)."""
     data = config.data
     return ModelInfo(
         x_modality=data.x_modality,
@@ -573,6 +574,7 @@ def model_info(config: Config, provenance: dict[str, Any], validation: dict[str,
             **provenance,
         },
         validation=validation,
+        intensity=training_intensity(config),
     )
 
 
@@ -617,7 +619,6 @@ def export_checkpoint(
     )
     if refinement is not None:
         info = replace(info, refinement=refinement)
-    info = replace(info, intensity=training_intensity(config))
     return save_model(output, registration, info)
 
 
