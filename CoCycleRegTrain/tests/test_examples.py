@@ -118,3 +118,14 @@ def test_models_lists_names_modalities_and_cards_of_bundled_models_and_files(tmp
     listing = capsys.readouterr().out
     assert f"[--model {copy}]" in listing and "card:         none" in listing
     assert "ct (CT) and mri (MRI)" in listing and "brain-t1t2" not in listing
+
+
+def test_register_help_lists_the_bundled_models_modality_names(monkeypatch):
+    from cocyclereg.model_file import read_model_info
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside names
+    text = " ".join(_subparsers(build_parser())["register"].format_help().split())
+    for name, (path, _) in list_bundled_models().items():
+        x, y = read_model_info(path).modalities
+        assert f"{name}: {x}, {y}" in text
+    assert "--force-modality" in text and "same subject" in text
