@@ -611,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that leave no background writer behind (training's TensorBoard writer has threads):
 # for these the process may end without Python's teardown.
-_FAST_EXIT_COMMANDS = {"register", "demo", "evaluate", "resample", "jacobian", "export"}
+_FAST_EXIT_COMMANDS = {"register", "demo", "evaluate", "resample", "jacobian", "export", "models"}
 
 
 def run() -> None:
