@@ -32,8 +32,14 @@ if str(MODULE_DIR) not in sys.path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The real scans (``../shared/data`` beside the repository, or ``COCYCLEREG_DATA``). Where
+    they are missing the test is skipped, saying why, so the tests that need no scans run
+    anywhere; ``COCYCLEREG_REQUIRE_DATA=1`` (CI) makes it a failure instead."""
     if not DATA.is_dir():
-        pytest.fail(f"real data folder not found: {DATA} (set COCYCLEREG_DATA)")
+        reason = f"needs the real scans, not found at {DATA} (set COCYCLEREG_DATA)"
+        if os.environ.get("COCYCLEREG_REQUIRE_DATA"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return DATA
 
 

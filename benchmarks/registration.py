@@ -721,8 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     network = None
     ours = [m for m in OURS if m in methods]
-    if ours:
-        runs = [r["run"] for r in rows if r["method"] in ours]
+    # Runs that ran the network (the summary times the network stage only then).
+    runs = [r["run"] for r in rows if r["method"] in ours and "network" in r["run"]["stages"]]
+    if runs:
         grid = runs[0]["model_grid"]["size"]
         network = network_flops(args.model, grid, args.threads)
         measured = _mean(run["stages"]["network"] for run in runs)

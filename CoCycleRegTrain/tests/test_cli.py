@@ -164,3 +164,32 @@ def test_register_help_names_the_default_model_and_demo_is_a_command(capsys):
         main(["demo", "--help"])
     help_text = capsys.readouterr().out
     assert "--no-figure" in help_text and "./cocyclereg-demo" in help_text
+
+
+def test_register_checks_every_output_path_before_the_first_stage(tmp_path, capsys):
+    """Unsupported type, missing folder, output given twice or onto an input, a folder: each
+    refused before any stage runs (no 'stage:' line), naming the option and the user's path,
+    never a temporary name; nothing written."""
+    grid = TEST_GRIDS["identity"]
+    image = tmp_path / "f.nii.gz"
+    sitk.WriteImage(image_on(grid, smooth_volume(grid)), str(image))
+    (tmp_path / "folder.h5").mkdir()
+    base = ["register", "--fixed", str(image), "--moving", str(image)]
+    transform, tfm, png = tmp_path / "t.h5", tmp_path / "x.tfm", tmp_path / "w.png"
+    cases = [
+        (["--transform", tfm], f"--transform {tfm}: .tfm is not a file type transform outputs"),
+        (["--transform", transform, "--warped", png], f"--warped {png}: .png is not a file type"),
+        (["--transform", tmp_path / "no" / "t.h5"], f"the folder {tmp_path / 'no'} does not"),
+        (
+            ["--transform", transform, "--inverse-transform", transform],
+            f"--inverse-transform {transform} is also given to --transform",
+        ),
+        (["--transform", transform, "--warped", image], f"--warped {image} is one of the inputs"),
+        (["--transform", tmp_path / "folder.h5"], f"--transform {tmp_path / 'folder.h5'} is a"),
+    ]
+    for options, expected in cases:
+        assert main([*base, *map(str, options)]) == 2, options
+        error = capsys.readouterr().err
+        assert expected in " ".join(error.split()), error
+        assert "stage:" not in error and ".partial" not in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "folder.h5"]

@@ -63,6 +63,9 @@ def test_fields_follow_the_chosen_head_on_oblique_grids(swap):
     moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
     modalities = {"moving_modality": "t2", "fixed_modality": "t1"} if swap else {}
     result = register(fixed, moving, _constant_model(), affine=False, device="cpu", **modalities)
+    assert (result.moving_modality, result.fixed_modality) == (
+        ("t2", "t1") if swap else ("t1", "t2")
+    )
 
     forward, inverse = (
         (INVERSE_VOXELS, FORWARD_VOXELS) if swap else (FORWARD_VOXELS, INVERSE_VOXELS)
@@ -389,3 +392,44 @@ def test_without_the_network_the_refinement_starts_from_the_prealignment(tmp_pat
         assert summary["network"] is bool(extra)
         transform = sitk.ReadTransform(str(tmp_path / "t.h5"))
         assert transform.TransformPoint(point) == pytest.approx(tuple(expected))
+
+
+def test_the_summary_explains_modalities_network_and_the_affine_it_reports():
+    """The summary's modalities say which model modality each input was taken as; "network"
+    agrees with the stage seconds; "affine" is matrix, center and translation, and
+    ``matrix (p - center) + center + translation`` (computed here) is the transform's own
+    point mapping."""
+    from cocyclereg.outputs import registration_summary
+
+    fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
+    fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=3))
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    network, info = _constant_model()
+    for use_network in (True, False):
+        result = register(
+            fixed,
+            moving,
+            (network, info),
+            affine=False,
+            device="cpu",
+            fixed_modality="t1",
+            use_network=use_network,
+        )
+        summary = registration_summary(result, "f.nii.gz", "m.nii.gz", "model")
+        assert summary["modalities"]["moving"] == "t2" and summary["modalities"]["fixed"] == "t1"
+        assert summary["modalities"]["model"] == {"x": "t1", "y": "t2"}
+        assert summary["network"] is use_network
+        assert ("network" in summary["seconds"]) is use_network
+        assert set(summary["similarity"]) >= {"before", "prealigned", "after", "better"}
+        assert summary["affine"] is None
+
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((0.9, 0.1, 0.0, -0.2, 1.1, 0.05, 0.0, 0.3, 0.95))
+    affine.SetCenter((10.0, -20.0, 30.0))
+    affine.SetTranslation((1.5, -2.0, 4.0))
+    result.affine = affine
+    written = registration_summary(result, "f", "m", "model")["affine"]
+    matrix, center = np.array(written["matrix"]), np.array(written["center"])
+    for point in ((0.0, 0.0, 0.0), (12.0, -7.0, 55.0)):
+        mine = matrix @ (np.array(point) - center) + center + np.array(written["translation"])
+        np.testing.assert_allclose(mine, affine.TransformPoint(point), atol=1e-12)

@@ -187,6 +187,10 @@ def test_an_existing_run_is_never_overwritten(pair_csv, tmp_path):
     assert info.provenance["steps"] == 1
     assert (info.provenance["name"], info.provenance["intended_use"]) == ("Brain T1-T2", "research")
     assert info.refinement.steps == 12
+    # The training images' intensities, for the input check at registration (plausibility).
+    for side, kind in (("x", "mr"), ("y", "mr")):
+        assert info.intensity[side]["kind"] == kind and len(info.intensity[side]["images"]) == 1
+    assert info.intensity == load_model(run / "model.cocyclereg")[1].intensity
     assert load_model(run / "model.cocyclereg")[1].refinement.steps == 0  # training's own export
     before = (run / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(CoCycleRegError, match="--resume"):

@@ -21,7 +21,10 @@ from cocyclereg.outputs import registration_summary, write_registration_outputs
 from cocyclereg.resample import resample_to_grid
 
 DESCRIPTION = """\
-CoCycleReg: learned multi-modal deformable registration (CT<->MRI, T1<->T2 MRI).
+CoCycleReg: multi-modal deformable registration of two images of the same subject (T1<->T2
+brain MRI, head CT<->MRI). By default (bundled model brain-t1t2) a rigid pre-alignment and
+20 steps of instance optimisation on the pair; the learned network is not run (--network).
+`cocyclereg models` lists the bundled models and their modality names.
 
 Every transform file this tool reads or writes is an ITK displacement field (.h5 or .nii.gz,
 LPS millimetres) that maps a point of the fixed image to the point of the moving image to
@@ -82,49 +85,61 @@ def _load_kernels() -> None:
         )
 
 
+def register_output_paths(args: argparse.Namespace) -> list[tuple[str, str, Path | None]]:
+    """``(option, kind, path)`` of every output of ``register`` (for
+    :func:`cocyclereg.outputs.check_output_paths`)."""
+    return [
+        ("--transform", "transform", args.transform),
+        ("--inverse-transform", "transform", args.inverse_transform),
+        ("--warped", "image", args.warped),
+        ("--jacobian", "image", args.jacobian),
+        ("--summary", "json", args.summary),
+        *(("--warped-labels", "image", path) for path in args.warped_labels or []),
+    ]
+
+
+def register_keywords(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`cocyclereg.register.register` that the options of
+    :func:`add_register_options` give (the model excepted: ``resolve_model(args.model)``)."""
+    return {
+        "fixed_modality": args.fixed_modality,
+        "moving_modality": args.moving_modality,
+        "affine": args.affine,
+        "prealignment": args.prealignment,
+        "device": args.device,
+        "refine_steps": args.refine_steps,
+        "use_network": args.network,
+        "fine_steps": args.fine_steps,
+        "fine_spacing_mm": args.fine_spacing,
+        "check_modality": not args.force_modality,
+    }
+
+
 def _register(args: argparse.Namespace) -> int:
-    _load_kernels()
     from cocyclereg.errors import InputError
-    from cocyclereg.register import register
+    from cocyclereg.outputs import check_output_paths
     from cocyclereg.resources import resolve_model
 
-    model = resolve_model(args.model)
     labels, warped_labels = list(args.labels or []), list(args.warped_labels or [])
     if len(labels) != len(warped_labels):
         raise InputError("give one --warped-labels output for every --labels input")
-    outputs = [
-        args.transform,
-        args.inverse_transform,
-        args.warped,
-        args.jacobian,
-        args.summary,
-        *warped_labels,
-    ]
-    chosen = [Path(p).resolve() for p in outputs if p is not None]
-    inputs = {Path(p).resolve() for p in (args.fixed, args.moving, *labels)}
-    if len(set(chosen)) != len(chosen) or inputs & set(chosen):
-        raise InputError("every output needs its own path, different from every input")
-    for path in chosen:
-        if not path.parent.is_dir():
-            raise InputError(f"Output folder does not exist: {path.parent}")
+    for option, path in (("--fixed", args.fixed), ("--moving", args.moving)):
+        if not Path(path).is_file():
+            raise InputError(f"{option} {path}: file not found.")
+    check_output_paths(register_output_paths(args), [args.fixed, args.moving, *labels])
+    model = resolve_model(args.model)
+    _load_kernels()
+    from cocyclereg.register import register
 
     result = register(
         args.fixed,
         args.moving,
         model,
-        fixed_modality=args.fixed_modality,
-        moving_modality=args.moving_modality,
-        affine=args.affine,
-        prealignment=args.prealignment,
-        device=args.device,
         labels=labels,
         warp_moving=args.warped is not None,
         inverse=args.inverse_transform is not None,
         progress=_print_stage,
-        refine_steps=args.refine_steps,
-        use_network=args.network,
-        fine_steps=args.fine_steps,
-        fine_spacing_mm=args.fine_spacing,
+        **register_keywords(args),
     )
     summary = registration_summary(result, args.fixed, args.moving, model)
     write_registration_outputs(
@@ -138,9 +153,16 @@ def _register(args: argparse.Namespace) -> int:
     )
     folding = result.folding
     print(
-        f"registered {args.moving} to {args.fixed} with {model} on {result.device}; J <= 0 in "
+        f"registered {args.moving} ({result.moving_modality}) to {args.fixed} "
+        f"({result.fixed_modality}) with {model} on {result.device}; J <= 0 in "
         f"{folding.folding_voxels} voxels ({folding.folding_percent:.4f} %)"
     )
+    if result.similarity:
+        similarity = result.similarity
+        print(
+            f"similarity (normalised mutual information on the fixed foreground, higher is "
+            f"better): {similarity['before']:.3f} before, {similarity['after']:.3f} after"
+        )
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
     return 0
 
@@ -232,6 +254,158 @@ def _add_model_argument(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _bundled_modalities() -> str:
+    """``brain-t1t2: t1, t2; head-ct-mri: ct, mri`` from the installed bundled models."""
+    from cocyclereg.model_file import ModelFileError, read_model_info
+    from cocyclereg.resources import list_bundled_models
+
+    described = []
+    for name, (path, _) in list_bundled_models().items():
+        try:
+            described.append(f"{name}: {', '.join(read_model_info(path).modalities)}")
+        except ModelFileError:
+            continue
+    return "; ".join(described) or "none installed"
+
+
+REGISTER_DESCRIPTION = """\
+Register MOVING to FIXED: two images of the same subject (any orientation, spacing and size),
+of the two modalities the model registers (`cocyclereg models` lists them). Each input is
+checked first: a CT where the model expects MRI, or an MRI where it expects CT, is refused
+(--force-modality overrides).
+
+What runs, with the default model (brain-t1t2, T1 <-> T2 brain MRI): a rigid mutual-
+information pre-alignment, then 20 steps of instance optimisation of a deformable field on
+this pair (MIND-SSC similarity, diffusion regulariser); the network is not run (--network
+runs it). Other models recommend their own settings (`cocyclereg models`).
+
+--transform is an ITK displacement field on the fixed grid mapping fixed-space points to the
+moving-space points to sample (pre-alignment included): SimpleITK, ANTs and Slicer apply it
+unchanged to resample MOVING onto FIXED. --inverse-transform does the same from moving to
+fixed, on the moving grid. Outputs are checked before any work, written to temporary names
+and renamed when all are complete. --summary says whether it worked: the similarity of the
+two images before and after (normalised mutual information, higher is better).
+
+  cocyclereg register --fixed t2.nii.gz --moving t1.nii.gz --model brain-t1t2 \\
+      --transform t1_to_t2.h5 --warped t1_in_t2.nii.gz --jacobian j.nii.gz --summary s.json
+  cocyclereg register --fixed mri.nii.gz --moving ct.nii.gz --model head-ct-mri \\
+      --moving-modality ct --fixed-modality mri --transform ct_to_mri.h5
+"""
+
+
+def add_register_options(command: argparse.ArgumentParser) -> None:
+    """The options that say how to register (model, modalities, pre-alignment, refinement,
+    device): shared by every command that registers; :func:`register_keywords` turns them
+    into :func:`cocyclereg.register.register`'s keywords."""
+    _add_model_argument(command)
+    modalities = f"(bundled models: {_bundled_modalities()})"
+    command.add_argument(
+        "--moving-modality",
+        metavar="NAME",
+        help=f"the moving image's modality, one of the model's two names {modalities}; "
+        "default: the model's first (x), or the one --fixed-modality leaves",
+    )
+    command.add_argument(
+        "--fixed-modality",
+        metavar="NAME",
+        help="the fixed image's modality, one of the model's two names; default: the model's "
+        "second (y), or the one --moving-modality leaves",
+    )
+    command.add_argument(
+        "--force-modality",
+        action="store_true",
+        help="register even if an image does not look like the modality it is given as (a "
+        "CT in Hounsfield units given as MRI, an MRI given as CT); for images you know better",
+    )
+    command.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mutual-information linear pre-alignment before the deformable stage (default: on)",
+    )
+    command.add_argument(
+        "--prealignment",
+        choices=["rigid", "affine"],
+        default="rigid",
+        help="degrees of freedom of that pre-alignment (default: rigid; a 12-parameter affine "
+        "lets MI shrink skull-stripped brains by a few percent)",
+    )
+    command.add_argument(
+        "--refine-steps",
+        type=_whole_number,
+        metavar="N",
+        help="Adam steps of instance optimisation on this pair (MIND-SSC similarity and "
+        "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: the "
+        "network's fields as they are; default: the model's recommendation (brain-t1t2: 20, "
+        "head-ct-mri: 0)",
+    )
+    command.add_argument(
+        "--network",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--network starts the refinement from the network's fields, --no-network from "
+        "the pre-aligned images as they are (instance optimisation alone; the network is not "
+        "run); default: the model's recommendation (brain-t1t2: --no-network, measured more "
+        "accurate on unseen subjects, see its card; head-ct-mri: --network)",
+    )
+    command.add_argument(
+        "--fine-steps",
+        type=_whole_number,
+        metavar="N",
+        help="Adam steps of a second refinement level on a finer grid (the images resampled "
+        "from full resolution onto --fine-spacing voxels; the inverse is then the forward "
+        "field's exact inverse); 0: none, the field stays on the model grid; default: the "
+        "model's recommendation (brain-t1t2: 20 at 1.5 mm)",
+    )
+    command.add_argument(
+        "--fine-spacing",
+        type=_positive_number,
+        metavar="MM",
+        help="voxel size of that finer level in mm (default: the model's recommendation)",
+    )
+    command.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from cocyclereg.model_file import read_model_info
+    from cocyclereg.plausibility import KINDS, expected_kind
+    from cocyclereg.resources import list_bundled_models, resolve_model
+
+    bundled = list_bundled_models()
+    names = args.models or list(bundled)
+    if not names:
+        print("no bundled models installed; give a model file")
+    for index, value in enumerate(names):
+        path = resolve_model(value)
+        info = read_model_info(path)
+        name = next((n for n, (p, _) in bundled.items() if p.resolve() == path.resolve()), None)
+        card = path.with_suffix(".md")
+        x, y = info.modalities
+        kinds = [KINDS[expected_kind(m, info.intensity.get(s))] for m, s in ((x, "x"), (y, "y"))]
+        refinement = info.refinement
+        if not refinement.use_network:
+            default = (
+                f"{refinement.steps} refinement steps from the pre-aligned images (network not run)"
+            )
+        else:
+            default = f"the network, then {refinement.steps} refinement steps"
+        lines = [
+            f"{name or path}{' (default)' if name == 'brain-t1t2' else ''}"
+            + (f"  [bundled: --model {name}]" if name else f"  [--model {path}]"),
+            f"  title:        {info.provenance.get('name', '')}",
+            f"  modalities:   {x} ({kinds[0]}) and {y} ({kinds[1]}): --moving-modality/"
+            f"--fixed-modality {x} or {y}; default moving {x}, fixed {y}",
+            f"  grid:         {' x '.join(f'{s:g}' for s in info.spacing)} mm, trained on "
+            f"{' x '.join(str(n) for n in info.size)} voxels",
+            f"  default:      {default}",
+            f"  intended use: {info.provenance.get('intended_use', '') or 'not stated'}",
+            f"  card:         {card if card.is_file() else 'none'}",
+            f"  file:         {path}",
+        ]
+        print(("\n" if index else "") + "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cocyclereg",
@@ -247,9 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Register the bundled demo pair (the T1 MRI of a real patient, TCGA-DU-7294,\n"
         "deformed by a known warp, to the T2 MRI of the same head; 2 mm) with the bundled\n"
-        "brain-t1t2 model, exactly as `cocyclereg register` does, then print Dice and HD95 of\n"
-        "the tumour and tissue labels before and after, the folding count and the seconds per\n"
-        "stage. Writes the transforms, warped image and labels, Jacobian, summary.json and\n"
+        "brain-t1t2 model, exactly as `cocyclereg register` does (rigid pre-alignment and 20\n"
+        "steps of instance optimisation on the pair; the network is not run), then print Dice\n"
+        "and HD95 of"
+        " the tumour and tissue labels before and after, the folding count and the seconds\n"
+        "per stage. Writes the transforms, warped image and labels, Jacobian, summary.json and\n"
         "demo.png (all together or none) to --output. Nothing is trained.\n\n"
         "  cocyclereg demo --output cocyclereg-demo",
     )
@@ -301,21 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     registration = commands.add_parser(
         "register",
-        help="register a moving image to a fixed image with a trained model",
+        help="register a moving image to a fixed image of the same subject with a trained model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Register MOVING to FIXED (any orientation, spacing and size).\n\n"
-        "--transform is an ITK displacement field on the fixed grid mapping fixed-space points to\n"
-        "the moving-space points to sample (affine part included): SimpleITK, ANTs and Slicer\n"
-        "apply it unchanged. --inverse-transform does the same from moving to fixed, on the\n"
-        "moving grid. Outputs are written to temporary names and renamed when complete.\n\n"
-        "  cocyclereg register --fixed t2.nii.gz --moving t1.nii.gz --model brain.cocyclereg \\\n"
-        "      --transform t1_to_t2.h5 --warped t1_in_t2.nii.gz --jacobian j.nii.gz",
+        description=REGISTER_DESCRIPTION,
     )
     registration.add_argument("--fixed", required=True, type=Path, help="fixed (reference) image")
-    registration.add_argument("--moving", required=True, type=Path, help="moving image")
-    _add_model_argument(registration)
-    registration.add_argument("--moving-modality", help="model modality name of the moving image")
-    registration.add_argument("--fixed-modality", help="model modality name of the fixed image")
+    registration.add_argument(
+        "--moving", required=True, type=Path, help="moving image, of the same subject"
+    )
     registration.add_argument(
         "--transform", required=True, type=Path, help="forward transform output (.h5 or .nii.gz)"
     )
@@ -336,63 +505,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="output of the matching --labels (repeatable, same order)",
     )
     registration.add_argument("--jacobian", type=Path, help="det(I + grad u) on the fixed grid")
-    registration.add_argument("--summary", type=Path, help="JSON: stage seconds, device, folding")
     registration.add_argument(
-        "--affine",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="mutual-information linear pre-alignment before the network (default: on)",
+        "--summary",
+        type=Path,
+        help="JSON: modalities, similarity before/after, folding, stage seconds, pre-alignment",
     )
-    registration.add_argument(
-        "--prealignment",
-        choices=["rigid", "affine"],
-        default="rigid",
-        help="degrees of freedom of that pre-alignment (default: rigid; a 12-parameter affine "
-        "lets MI shrink skull-stripped brains by a few percent)",
-    )
-    registration.add_argument(
-        "--refine-steps",
-        type=_whole_number,
-        metavar="N",
-        help="Adam steps of instance optimisation on this pair (MIND-SSC similarity and "
-        "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: the "
-        "network's fields as they are; default: the model's recommendation (brain-t1t2: 20, "
-        "head-ct-mri: 0)",
-    )
-    registration.add_argument(
-        "--network",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="--network starts the refinement from the network's fields, --no-network from "
-        "the pre-aligned images as they are (instance optimisation alone; the network is not "
-        "run); default: the model's recommendation (brain-t1t2: --no-network, measured more "
-        "accurate on unseen subjects, see its card; head-ct-mri: --network)",
-    )
-    registration.add_argument(
-        "--fine-steps",
-        type=_whole_number,
-        metavar="N",
-        help="Adam steps of a second refinement level on a finer grid (the images resampled "
-        "from full resolution onto --fine-spacing voxels; the inverse is then the forward "
-        "field's exact inverse); 0: none, the field stays on the model grid; default: the "
-        "model's recommendation (brain-t1t2: 20 at 1.5 mm)",
-    )
-    registration.add_argument(
-        "--fine-spacing",
-        type=_positive_number,
-        metavar="MM",
-        help="voxel size of that finer level in mm (default: the model's recommendation)",
-    )
-    registration.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_register_options(registration)
     registration.set_defaults(handler=_register)
+
+    models = commands.add_parser(
+        "models",
+        help="list the bundled models (name, modalities, grid, intended use, card)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Describe models: every bundled one, or those named (a bundled model's name "
+        "or a .cocyclereg file). The modality names are what --moving-modality and "
+        "--fixed-modality take.\n\n  cocyclereg models\n  cocyclereg models head-ct-mri",
+    )
+    models.add_argument(
+        "models", nargs="*", metavar="MODEL", help="bundled model name or model file"
+    )
+    models.set_defaults(handler=_models)
 
     evaluation = commands.add_parser(
         "evaluate",
         help="Dice, HD95, folding and TRE of a transform",
-        description="Warp MOVING_LABELS onto the grid of FIXED_LABELS through TRANSFORM (any "
-        "transform SimpleITK reads, or a displacement-field image) and report per-label and mean "
-        "Dice, HD95 in mm, the voxels with J <= 0, and with --ground-truth the target "
-        "registration error in mm over the fixed foreground.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Warp MOVING_LABELS onto the grid of FIXED_LABELS through TRANSFORM (any\n"
+        "transform SimpleITK reads, or a displacement-field image; fixed -> moving points, as\n"
+        "`cocyclereg register --transform` writes) and report per-label and mean Dice, HD95 in\n"
+        "mm, the voxels with J <= 0, and with --ground-truth the target registration error in mm\n"
+        "over the fixed foreground.\n\n"
+        "  cocyclereg evaluate --fixed-labels t2_labels.nii.gz \\\n"
+        "      --moving-labels t1_labels.nii.gz --transform t1_to_t2.h5 --json scores.json",
     )
     evaluation.add_argument("--fixed-labels", required=True, type=Path)
     evaluation.add_argument("--moving-labels", required=True, type=Path)
@@ -409,7 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings come from a preset (paper: the published setting; cpu-small: trains on a\n"
         "CPU in hours), then the YAML file given with --config, then SECTION.FIELD=VALUE\n"
         "overrides, e.g.\n\n"
-        "  cocyclereg train --config brain.yaml train.steps=2000 data.size=[64,80,64]\n\n"
+        "  cocyclereg train --config CoCycleRegTrain/configs/brain-t1t2-cpu.yaml \\\n"
+        "      train.steps=2000 data.size=[64,80,64]\n\n"
+        "(from the repository root, after\n"
+        "`python tools/make_training_set.py --output runs/data`)\n\n"
         "The run folder (train.output) gets config.yaml, losses.jsonl, validation.jsonl,\n"
         "tensorboard/, checkpoints/last.pt and best.pt, and at the end model.cocyclereg,\n"
         "the inference model file. Interrupted? Run the same command with --resume.\n"
@@ -515,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that leave no background writer behind (training's TensorBoard writer has threads):
 # for these the process may end without Python's teardown.
-_FAST_EXIT_COMMANDS = {"register", "demo", "evaluate", "resample", "jacobian", "export"}
+_FAST_EXIT_COMMANDS = {"register", "demo", "evaluate", "resample", "jacobian", "export", "models"}
 
 
 def run() -> None:

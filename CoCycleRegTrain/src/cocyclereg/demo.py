@@ -235,6 +235,9 @@ def report(result: DemoResult) -> str:
         f"folding: J <= 0 in {folding.folding_voxels} of {folding.total_voxels} voxels "
         f"({folding.folding_percent:.4f} %); J ranges {folding.min_jacobian:.3f} .. "
         f"{folding.max_jacobian:.3f}",
+        "similarity of the images (normalised mutual information on the fixed foreground, "
+        f"higher is better): {registration.similarity['before']:.3f} before, "
+        f"{registration.similarity['after']:.3f} after",
         "seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()),
         "",
         f"written to {result.output}:",

@@ -13,6 +13,9 @@ and raw tensor bytes. Loading parses JSON and copies numbers; nothing in the fil
 * ``architecture``: the :class:`cocyclereg.config.RegistrationNetConfig` fields.
 * ``refinement`` (optional): the recommended instance optimisation at inference,
   :class:`cocyclereg.config.Refinement` fields; absent: none.
+* ``intensity`` (optional; releases that do not know it ignore it): for ``x`` and ``y`` the
+  family the model expects (``kind``: ``"ct"`` or ``"mr"``) and intensity statistics of its
+  training images (:mod:`cocyclereg.plausibility`); absent: judged by the modality names.
 * ``provenance`` and ``validation``: free-form JSON (training config, steps, data, metrics).
 """
 
@@ -59,6 +62,7 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     refinement: Refinement = field(default_factory=Refinement)
+    intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -81,6 +85,7 @@ class ModelInfo:
                 "provenance": self.provenance,
                 "validation": self.validation,
                 "refinement": self.refinement.as_dict(),
+                **({"intensity": self.intensity} if self.intensity else {}),
             },
             sort_keys=True,
         )
@@ -111,6 +116,7 @@ class ModelInfo:
                 provenance=dict(document.get("provenance", {})),
                 validation=dict(document.get("validation", {})),
                 refinement=Refinement.from_dict(dict(document.get("refinement", {}))),
+                intensity=dict(document.get("intensity", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, ModelFileError):

@@ -54,8 +54,10 @@ from cocyclereg.jacobian import (
 from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.normalize import normalize
+from cocyclereg.plausibility import check_registration_inputs
 from cocyclereg.refine import flow_on_grid, refine_flow
 from cocyclereg.resample import resample_to_grid
+from cocyclereg.similarity import registration_similarity
 
 LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -63,7 +65,10 @@ LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 @dataclass
 class RegistrationResult:
     """Everything one registration produces; images are SimpleITK images with full geometry.
-    The transforms are float32 displacement fields (LPS mm), as written to their files."""
+    The transforms are float32 displacement fields (LPS mm), as written to their files.
+    ``moving_modality``/``fixed_modality``: the model modality each image was taken as;
+    ``similarity``: :func:`cocyclereg.similarity.registration_similarity`'s NMI ``before``,
+    ``prealigned`` and ``after`` (higher is better)."""
 
     transform: sitk.Image
     inverse_transform: sitk.Image | None
@@ -78,6 +83,9 @@ class RegistrationResult:
     device: str
     refinement: Refinement = field(default_factory=Refinement)
     seconds: dict[str, float] = field(default_factory=dict)
+    moving_modality: str = ""
+    fixed_modality: str = ""
+    similarity: dict[str, float] = field(default_factory=dict)
 
     @property
     def used_network(self) -> bool:
@@ -267,6 +275,7 @@ def register(
     use_network: bool | None = None,
     fine_steps: int | None = None,
     fine_spacing_mm: float | None = None,
+    check_modality: bool = True,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a model; see the module docstring.
 
@@ -296,6 +305,9 @@ def register(
             recommendation (:class:`cocyclereg.config.Refinement`). With a finer level the
             inverse is the forward field's inverse (:mod:`cocyclereg.inverse`), consistent
             with it by construction, instead of a second refined field.
+        check_modality: refuse (:class:`InputError`) an input that does not look like the
+            modality the model expects there (:mod:`cocyclereg.plausibility`: a CT given as
+            MRI, an MRI given as CT); ``False`` for the user who knows better.
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}
@@ -305,6 +317,7 @@ def register(
     # reading, pre-alignment and network, unless the caller loaded them already (the command
     # line does, at its start).
     compiled = kernels.load_in_background()
+    sources = tuple(None if isinstance(x, sitk.Image) else str(x) for x in (fixed, moving))
     fixed = read_image(fixed) if not isinstance(fixed, sitk.Image) else fixed
     moving = read_image(moving) if not isinstance(moving, sitk.Image) else moving
     labelmaps = [read_labels(x) if not isinstance(x, sitk.Image) else x for x in labels]
@@ -322,6 +335,11 @@ def register(
                 "spacing or direction differ)."
             )
     moving_is_x = _choose_direction(info, fixed_modality, moving_modality)
+    if check_modality:
+        name = (
+            info.provenance.get("name", "given") if isinstance(model, tuple) else Path(model).stem
+        )
+        check_registration_inputs(fixed, moving, info, moving_is_x, name, sources)
     seconds["load"] = time.perf_counter() - started
 
     if affine:
@@ -365,10 +383,10 @@ def register(
                 forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
             else:
                 inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
+        seconds["network"] = time.perf_counter() - started
     else:
         forward_flow = torch.zeros((1, 3, *fixed_tensor.shape[2:]), device=torch_device)
         inverse_flow = torch.zeros_like(forward_flow)
-    seconds["network"] = time.perf_counter() - started
 
     if refinement.steps:
         report("refine")
@@ -406,6 +424,16 @@ def register(
 
     report("output")
     started = time.perf_counter()
+    similarity_grid, similarity_fixed, similarity_moving = grid, fixed_tensor, moving_tensor
+    if refinement.has_fine_level:
+        similarity_grid, similarity_fixed, similarity_moving = field_grid, fixed_fine, moving_fine
+    as_given = similarity_moving
+    if pre_alignment is not None:
+        as_given = _normalised(moving, similarity_grid, info.normalization[moving_side])
+        as_given = torch.from_numpy(as_given)[None, None].to(torch_device)
+    similarity = registration_similarity(
+        similarity_fixed, as_given, similarity_moving, forward_flow
+    )
     forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), field_grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
@@ -452,4 +480,7 @@ def register(
         device=str(torch_device),
         refinement=refinement,
         seconds=seconds,
+        moving_modality=info.modalities[0 if moving_is_x else 1],
+        fixed_modality=info.modalities[1 if moving_is_x else 0],
+        similarity=similarity,
     )

@@ -45,6 +45,7 @@ from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
 from cocyclereg.metrics import dice, hd95
 from cocyclereg.model_file import ModelInfo, load_model, save_model
 from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
+from cocyclereg.plausibility import intensity_section
 from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
 
 CHECKPOINT_FORMAT = 1
@@ -555,7 +556,8 @@ def residual_error_mm(
 
 def model_info(config: Config, provenance: dict[str, Any], validation: dict[str, Any]) -> ModelInfo:
     """The description written beside R's weights: modalities, grid, normalisation, network,
-    and where the weights came from."""
+    where the weights came from, and the intensities of the training images
+    (:func:`training_intensity`)."""
     data = config.data
     return ModelInfo(
         x_modality=data.x_modality,
@@ -572,6 +574,7 @@ def model_info(config: Config, provenance: dict[str, Any], validation: dict[str,
             **provenance,
         },
         validation=validation,
+        intensity=training_intensity(config),
     )
 
 
@@ -617,6 +620,19 @@ def export_checkpoint(
     if refinement is not None:
         info = replace(info, refinement=refinement)
     return save_model(output, registration, info)
+
+
+def training_intensity(config: Config) -> dict[str, Any]:
+    """The model file's ``intensity`` section (:func:`cocyclereg.plausibility.intensity_section`)
+    from the x and y images of ``config.data.train`` (each file once); empty when that list
+    cannot be read here (the section is optional)."""
+    data = config.data
+    try:
+        cases = load_cases(data.train, data)
+    except CoCycleRegError:
+        return {}
+    images = {side: list(dict.fromkeys(str(getattr(c, side)) for c in cases)) for side in "xy"}
+    return intensity_section({"x": data.x_modality, "y": data.y_modality}, images)
 
 
 def _plain(value: Any) -> Any:
