@@ -54,8 +54,8 @@ def registration_similarity(
     flow: torch.Tensor,
 ) -> dict[str, float]:
     """NMI on the fixed image's foreground (normalised intensity above ``FOREGROUND``) of the
-    grid the field lives on, of the fixed image with the moving image: as given (``before``), after the
-    linear pre-alignment (``prealigned``) and after the deformable field ``flow``
+    grid the field lives on, of the fixed image with the moving image: as given
+    (``before``), after the linear pre-alignment (``prealigned``) and after the field ``flow``
     (``after``). Images ``(1, 1, D, H, W)`` normalised to [0, 1]; ``flow`` ``(1, 3, D, H, W)``
     voxels, the resampling field of ``moving_prealigned``."""
     with torch.no_grad():
