@@ -14,6 +14,6 @@ Geometry conventions used throughout the package:
 
 from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__"]
