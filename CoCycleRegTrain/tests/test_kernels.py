@@ -3,8 +3,11 @@ cocyclereg.jacobian and cocyclereg.refine against ITK, numpy and autograd)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from cocyclereg import kernels
 
@@ -52,3 +55,17 @@ def test_kernels_use_and_keep_pytorchs_thread_count():
     printed = _printed_by_new_process(code)
     cores = min(2, __import__("numba").config.NUMBA_NUM_THREADS)
     assert printed == ["1", "1", "2", str(cores), "1", "1"]
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given):
+    """Importing cocyclereg sets OMP_WAIT_POLICY=PASSIVE for the OpenMP runtime torch loads
+    after it, and keeps a value the user set."""
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        environment["OMP_WAIT_POLICY"] = given
+    script = "import cocyclereg, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    printed = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    assert printed == (given or "PASSIVE")

@@ -12,6 +12,15 @@ Geometry conventions used throughout the package:
   use.
 """
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning. PyTorch and numba share one GNU OpenMP runtime,
+# which reads this when it loads (importing cocyclereg before torch is enough; a value the user
+# set is kept). With the cores busy elsewhere (Slicer rendering, a batch beside), spinning
+# threads take the time the working ones need: under such load a registration's refinement
+# ran 1.3-1.5x faster with it (issue 16, benchmarks/registration.py --background-load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
 
 __version__ = "0.4.0"
