@@ -23,7 +23,8 @@ from cocyclereg.resample import resample_to_grid
 DESCRIPTION = """\
 CoCycleReg: multi-modal deformable registration of two images of the same subject (T1<->T2
 brain MRI, head CT<->MRI). By default (bundled model brain-t1t2) a rigid pre-alignment and
-20 steps of instance optimisation on the pair; the learned network is not run (--network).
+instance optimisation on the pair, 20 steps on 3 mm then 20 on 1.5 mm voxels; the learned
+network is not run (--network).
 `cocyclereg models` lists the bundled models and their modality names.
 
 Every transform file this tool reads or writes is an ITK displacement field (.h5 or .nii.gz,
@@ -275,9 +276,9 @@ checked first: a CT where the model expects MRI, or an MRI where it expects CT, 
 (--force-modality overrides).
 
 What runs, with the default model (brain-t1t2, T1 <-> T2 brain MRI): a rigid mutual-
-information pre-alignment, then 20 steps of instance optimisation of a deformable field on
-this pair (MIND-SSC similarity, diffusion regulariser); the network is not run (--network
-runs it). Other models recommend their own settings (`cocyclereg models`).
+information pre-alignment, then instance optimisation of a deformable field on this pair
+(MIND-SSC similarity, diffusion regulariser): 20 steps on the model's 3 mm grid, then 20 on
+1.5 mm voxels from the images at full resolution; the network is not run (--network runs it). Other models recommend their own settings (`cocyclereg models`).
 
 --transform is an ITK displacement field on the fixed grid mapping fixed-space points to the
 moving-space points to sample (pre-alignment included): SimpleITK, ANTs and Slicer apply it
@@ -389,6 +390,8 @@ def _models(args: argparse.Namespace) -> int:
             )
         else:
             default = f"the network, then {refinement.steps} refinement steps"
+        if refinement.has_fine_level:
+            default += f", then {refinement.fine_steps} on {refinement.fine_spacing_mm:g} mm voxels"
         lines = [
             f"{name or path}{' (default)' if name == 'brain-t1t2' else ''}"
             + (f"  [bundled: --model {name}]" if name else f"  [--model {path}]"),
