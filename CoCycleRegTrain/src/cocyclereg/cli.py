@@ -278,7 +278,8 @@ checked first: a CT where the model expects MRI, or an MRI where it expects CT, 
 What runs, with the default model (brain-t1t2, T1 <-> T2 brain MRI): a rigid mutual-
 information pre-alignment, then instance optimisation of a deformable field on this pair
 (MIND-SSC similarity, diffusion regulariser): 20 steps on the model's 3 mm grid, then 20 on
-1.5 mm voxels from the images at full resolution; the network is not run (--network runs it). Other models recommend their own settings (`cocyclereg models`).
+1.5 mm voxels from the images at full resolution; the network is not run (--network runs
+it). Other models recommend their own settings (`cocyclereg models`).
 
 --transform is an ITK displacement field on the fixed grid mapping fixed-space points to the
 moving-space points to sample (pre-alignment included): SimpleITK, ANTs and Slicer apply it
