@@ -314,3 +314,21 @@ def test_the_finer_level_registers_closer_and_its_inverse_is_consistent(deformed
         np.mean(gaps),
         np.percentile(gaps, 99),
     )
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [(0.5, 0.9), (1.2, 1.2), (2.0, None)],  # fixed voxels 0.9 x 1.3 x 3 mm; model grid 2 mm+
+)
+def test_the_finer_level_is_never_finer_than_the_fixed_image(asked, expected):
+    fixed, moving = _smooth_pair()
+    network, info = _constant_model()
+    model = (network, dataclasses.replace(info, refinement=Refinement(steps=1, use_network=False)))
+    result = register(
+        fixed, moving, model, affine=False, device="cpu", fine_steps=1, fine_spacing_mm=asked
+    )
+    if expected is None:  # no finer than the model grid: no finer level
+        assert result.field_grid == result.model_grid and result.refinement.fine_steps == 0
+    else:
+        assert result.field_grid.spacing == (expected,) * 3
+        assert result.refinement.fine_spacing_mm == expected

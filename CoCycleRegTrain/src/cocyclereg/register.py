@@ -237,6 +237,17 @@ def estimated_network_bytes(grid: Grid, info: ModelInfo) -> int:
     return int(2 * 4 * per_voxel * voxels)
 
 
+def _fine_level_for(refinement: Refinement, fixed: sitk.Image, grid: Grid) -> Refinement:
+    """``refinement`` with its finer level no finer than the fixed image's finest voxels (finer
+    would only interpolate), and none at all when that is no finer than the model grid."""
+    if not refinement.has_fine_level:
+        return refinement
+    spacing = max(refinement.fine_spacing_mm, min(fixed.GetSpacing()))
+    if spacing >= min(grid.spacing):
+        return replace(refinement, fine_steps=0)
+    return replace(refinement, fine_spacing_mm=spacing)
+
+
 def _check_volume(image: sitk.Image, role: str) -> None:
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0 or float(array.max()) == float(array.min()):
@@ -301,10 +312,11 @@ def register(
             normalisation and refinement settings are used: instance optimisation alone;
             ``None``: the model file's recommendation (``Refinement.use_network``).
         fine_steps, fine_spacing_mm: the finer refinement level's Adam steps (0: none, the
-            field stays on the model grid) and voxel size in mm; ``None``: the model file's
-            recommendation (:class:`cocyclereg.config.Refinement`). With a finer level the
-            inverse is the forward field's inverse (:mod:`cocyclereg.inverse`), consistent
-            with it by construction, instead of a second refined field.
+            field stays on the model grid) and voxel size in mm, never finer than the fixed
+            image's finest voxels (none if those are no finer than the model grid); ``None``:
+            the model file's recommendation (:class:`cocyclereg.config.Refinement`). With a
+            finer level the inverse is the forward field's inverse (:mod:`cocyclereg.inverse`),
+            consistent with it by construction, instead of a second refined field.
         check_modality: refuse (:class:`InputError`) an input that does not look like the
             modality the model expects there (:mod:`cocyclereg.plausibility`: a CT given as
             MRI, an MRI given as CT); ``False`` for the user who knows better.
@@ -373,6 +385,7 @@ def register(
         refinement = replace(refinement, fine_steps=fine_steps)
     if fine_spacing_mm is not None:
         refinement = replace(refinement, fine_spacing_mm=fine_spacing_mm)
+    refinement = _fine_level_for(refinement, fixed, grid)
     started = time.perf_counter()
     fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
     moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
