@@ -63,8 +63,9 @@ RESULT_COLUMNS = (
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _PARTIAL_MARK, _REPLACED_MARK = ".partial-", ".replaced-"
 LOCK_NAME = ".cocyclereg-batch.lock"
-# A pair whose worker process died this many times (killed, out of memory) is reported failed.
-PROCESS_ATTEMPTS = 2
+# New process pools after worker processes died (killed, out of memory), before the pairs left
+# are reported failed.
+POOL_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -423,8 +424,9 @@ def _write_pair(task: PairTask, result, scores, started: float) -> PairResult:
     """Write the pair's folder (a hidden sibling first, renamed when complete); its result."""
     from cocyclereg.outputs import registration_summary, write_registration_outputs
 
-    pair, output = task.pair, task.output
-    warped_name = f"warped_{_moving_modality(result.model, *_modalities(task))}.nii.gz"
+    pair, output, settings = task.pair, task.output, task.settings
+    modality = _moving_modality(result.model, settings.fixed_modality, settings.moving_modality)
+    warped_name = f"warped_{modality}.nii.gz"
     label_names = [f"warped_{label_name(p)}.nii.gz" for p in pair.labels]
     if warped_name in label_names:
         raise InputError(f"a labelmap would be written as {warped_name}: rename it")
@@ -474,10 +476,6 @@ def _write_pair(task: PairTask, result, scores, started: float) -> PairResult:
     return outcome
 
 
-def _modalities(task: PairTask) -> tuple[str | None, str | None]:
-    return task.settings.fixed_modality, task.settings.moving_modality
-
-
 def _move_into_place(staging: Path, folder: Path) -> None:
     """Rename the complete ``staging`` folder to ``folder``; an older ``folder`` is moved aside
     first and removed after, so ``folder`` is always a complete pair folder or absent."""
@@ -494,8 +492,8 @@ def register_pair(task: PairTask) -> PairResult:
     """Register one pair and write its folder; never raises for a bad pair: the result is
     ``failed`` with the error (``KeyboardInterrupt`` and ``SystemExit`` still stop it)."""
     pair, settings = task.pair, task.settings
-    started = time.perf_counter()
     with _ONE_AT_A_TIME:
+        started = time.perf_counter()
         try:
             from cocyclereg.register import register
 
@@ -552,45 +550,45 @@ def available_cores() -> int:
 
 def _local_results(tasks: list[PairTask], workers: int) -> Iterator[PairResult]:
     """Results of ``tasks`` run in this process (``workers`` 1) or a pool of ``workers``
-    processes with the cores split between them, each loading the model once. A pair whose
-    process died (killed, out of memory) is run again in a new pool, and reported failed
-    after :data:`PROCESS_ATTEMPTS` such deaths."""
+    processes with the cores split between them, each loading the model once. When a worker
+    process dies (killed, out of memory) the pairs not finished go to a new pool; after
+    :data:`POOL_RESTARTS` such deaths they are reported failed (a rerun retries them)."""
     if workers == 1:
         start_worker(None)
         for task in tasks:
             yield register_pair(task)
         return
     threads = max(1, available_cores() // workers)
-    attempts = dict.fromkeys(range(len(tasks)), 0)
-    waiting = list(range(len(tasks)))
+    waiting, deaths = list(tasks), 0
     while waiting:
+        if deaths > POOL_RESTARTS:
+            for task in waiting:
+                yield failed(
+                    task, f"worker processes died {deaths} times (killed, or out of memory)"
+                )
+            return
         with ProcessPoolExecutor(
             max_workers=min(workers, len(waiting)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
             initargs=(threads,),
         ) as pool:
-            running = {pool.submit(register_pair, tasks[i]): i for i in waiting}
+            running = {pool.submit(register_pair, task): task for task in waiting}
             waiting = []
             try:
                 while running:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        index = running.pop(future)
+                        task = running.pop(future)
                         try:
                             yield future.result()
                         except BrokenProcessPool:
-                            attempts[index] += 1
-                            if attempts[index] >= PROCESS_ATTEMPTS:
-                                yield failed(
-                                    tasks[index],
-                                    f"its worker process ended {attempts[index]} times "
-                                    "(killed, or out of memory)",
-                                )
-                            else:
-                                waiting.append(index)
+                            waiting.append(task)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+        if waiting:  # a worker died; the pool has stopped the others
+            deaths += 1
+            _remove_staging(waiting[0].output)
 
 
 @contextlib.contextmanager
@@ -610,12 +608,18 @@ def _locked(output: Path) -> Iterator[None]:
                 raise InputError(
                     f"Another cocyclereg batch is writing to {output}; wait for it to end."
                 ) from None
-        for leftover in output.glob(".*"):
-            if leftover.is_dir() and (
-                _PARTIAL_MARK in leftover.name or _REPLACED_MARK in leftover.name
-            ):
-                shutil.rmtree(leftover, ignore_errors=True)
+        _remove_staging(output)
         yield
+
+
+def _remove_staging(output: Path) -> None:
+    """Remove the hidden folders of pairs being written, left by killed workers (call only
+    while no worker of this batch is running)."""
+    for leftover in output.glob(".*"):
+        if leftover.is_dir() and (
+            _PARTIAL_MARK in leftover.name or _REPLACED_MARK in leftover.name
+        ):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def register_many(

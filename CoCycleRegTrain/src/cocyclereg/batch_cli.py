@@ -138,6 +138,7 @@ def run_batch(args: argparse.Namespace) -> int:
     table = ResultsTable(pairs, args.output / RESULTS_NAME)
     counts = {"registered": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(pairs), unit="pair", file=sys.stderr, dynamic_ncols=True)
+    interrupted = False
     try:
         for result in results:
             table.add(result)
@@ -145,14 +146,25 @@ def run_batch(args: argparse.Namespace) -> int:
             if result.status == "failed":
                 bar.write(f"{result.id}: failed: {result.error}", file=sys.stderr)
             bar.set_postfix(counts, refresh=False)
-            bar.update()
+            if result.status == "skipped":  # done before: counted, but not in the rate
+                bar.initial += 1
+                bar.n += 1
+                bar.refresh()
+            else:
+                bar.update()
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         results.close()
         bar.close()
         if args.output.is_dir():
             table.write()
+    done = sum(counts.values())
     print(
-        f"{len(pairs)} pairs: {counts['registered']} registered, {counts['skipped']} already "
-        f"complete, {counts['failed']} failed; see {args.output / RESULTS_NAME}"
+        f"{done} of {len(pairs)} pairs: {counts['registered']} registered, {counts['skipped']} "
+        f"already complete, {counts['failed']} failed; see {args.output / RESULTS_NAME}"
     )
+    if interrupted:
+        print("interrupted: run the same command again to finish the rest", file=sys.stderr)
+        return 130
     return 1 if counts["failed"] else 0
