@@ -19,9 +19,10 @@ import pytest
 import SimpleITK as sitk
 
 import cocyclereg
-from cocyclereg.batch import Pair, RegistrationSettings, read_manifest
+from cocyclereg.batch import RegistrationSettings
 from cocyclereg.cli import main
 from cocyclereg.errors import InputError
+from cocyclereg.manifest import Pair, read_manifest
 from cocyclereg.resources import demo_dir
 
 DEMO = demo_dir()

@@ -108,13 +108,8 @@ def run_batch(args: argparse.Namespace) -> int:
     """Run the batch with a progress bar; write ``results.csv``; 1 if any pair failed."""
     from tqdm import tqdm
 
-    from cocyclereg.batch import (
-        RESULTS_NAME,
-        RegistrationSettings,
-        ResultsTable,
-        read_manifest,
-        register_many,
-    )
+    from cocyclereg.batch import RegistrationSettings, ResultsTable, register_many
+    from cocyclereg.manifest import RESULTS_NAME, read_manifest
 
     pairs = read_manifest(args.manifest)
     settings = RegistrationSettings(
