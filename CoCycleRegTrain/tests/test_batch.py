@@ -21,7 +21,10 @@ import SimpleITK as sitk
 import cocyclereg
 from cocyclereg.batch import RegistrationSettings
 from cocyclereg.cli import main
+from cocyclereg.displacement import displacement_transform, read_displacement_field
 from cocyclereg.errors import InputError
+from cocyclereg.evaluate import evaluate
+from cocyclereg.io import read_labels
 from cocyclereg.manifest import Pair, read_manifest
 from cocyclereg.resources import demo_dir
 
@@ -85,8 +88,6 @@ def _field(path: Path) -> np.ndarray:
 
 
 def _transform(path: Path) -> np.ndarray:
-    from cocyclereg.displacement import read_displacement_field
-
     return sitk.GetArrayFromImage(read_displacement_field(path))
 
 
@@ -193,6 +194,13 @@ def test_batch_equals_register_records_bad_rows_and_skips_or_redoes_pairs(
     assert [p.name for p in _pair_folders(output)] == ["demo", "stroke"]
     tumour_dice, tissue_dice = map(float, results["demo"]["dice"].split(";"))
     assert tumour_dice > 0.75 and tissue_dice > 0.7  # identity: 0.744 and 0.709 (demo)
+    transform = displacement_transform(read_displacement_field(output / "demo" / "transform.h5"))
+    for name, batch_dice in (("tumor", tumour_dice), ("tissue", tissue_dice)):
+        fixed_map = read_labels(DEMO / f"fixed_{name}.nii.gz")
+        moving_map = read_labels(DEMO / f"moving_{name}.nii.gz")
+        assert evaluate(fixed_map, moving_map, transform).mean_dice == pytest.approx(
+            batch_dice, abs=0.005
+        )
     assert len(results["demo"]["hd95_mm"].split(";")) == 2 and results["stroke"]["dice"] == ""
     demo = _assert_complete(output / "demo")
     assert sorted(demo["batch"]["files"]) == sorted(
