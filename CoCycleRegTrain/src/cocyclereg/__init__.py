@@ -25,4 +25,14 @@ from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
 
 __version__ = "0.4.0"
 
-__all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__"]
+__all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__", "register_many"]
+
+
+def __getattr__(name: str):
+    """``cocyclereg.register_many`` (:func:`cocyclereg.batch.register_many`), imported on first
+    use so that ``import cocyclereg`` stays light."""
+    if name == "register_many":
+        from cocyclereg.batch import register_many
+
+        return register_many
+    raise AttributeError(f"module 'cocyclereg' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cocyclereg import __version__
+from cocyclereg.batch_cli import add_batch_command
 from cocyclereg.config import Refinement
 from cocyclereg.displacement import displacement_transform, read_displacement_field
 from cocyclereg.errors import CoCycleRegError
@@ -648,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"weight of its diffusion regulariser (default {Refinement.fine_smoothness:g})",
     )
     export.set_defaults(handler=_export)
+    add_batch_command(commands)
     return parser
 
 
@@ -666,7 +668,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that leave no background writer behind (training's TensorBoard writer has threads):
 # for these the process may end without Python's teardown.
-_FAST_EXIT_COMMANDS = {"register", "demo", "evaluate", "resample", "jacobian", "export", "models"}
+_FAST_EXIT_COMMANDS = {
+    "register",
+    "demo",
+    "evaluate",
+    "resample",
+    "jacobian",
+    "export",
+    "models",
+    "batch",
+}
 
 
 def run() -> None:

@@ -115,7 +115,7 @@ def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 
 def affine_prealignment(
-    fixed: sitk.Image, moving: sitk.Image, seed: int = 0, kind: str = "rigid"
+    fixed: sitk.Image, moving: sitk.Image, seed: int = 1, kind: str = "rigid"
 ) -> sitk.AffineTransform:
     """Linear transform (fixed -> moving points) maximising Mattes mutual information, as an
     affine transform. ``kind``: ``"rigid"`` (rotation and translation: the same subject's scans
@@ -126,7 +126,9 @@ def affine_prealignment(
     (3 mm) and clipped intensities (:func:`_affine_working_image`): moments initialisation,
     then a two-level pyramid (shrink 2, 1; smoothing 2, 0 mm) of regular-step gradient descent
     (steps down to 1e-3) with physical-shift scaling on a seeded 25 % sample of the voxels.
-    ITK sums the metric over threads, so repeated runs can differ by a few tenths of a mm.
+    ``seed`` must not be 0: SimpleITK reads 0 as ``sitkWallClock``, a new sample every run
+    (measured: rigid translations differing by 0.3 mm and fields by 1.6 mm between two runs on
+    the demo pair); with a fixed seed, repeated runs on the same number of threads agree.
     If the result's MI is no better than the identity's (images already aligned), returns the
     identity as an affine transform.
     """
