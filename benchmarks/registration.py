@@ -1,13 +1,16 @@
-"""CoCycleReg against Elastix, ANTs SyN and the identity, on the same cases, in the same run.
+"""CoCycleReg against Elastix and ANTs (library defaults and expert-tuned) and the identity, on
+the same cases, in the same run.
 
 What it does, in order:
 
 1. Builds (or reuses) registration cases with a known deformation from ``../shared/data`` (see
    ``benchmarks/cases.py``): ``--cases t1t2`` deforms the T1 or the T2 of one co-registered
-   subject (default the held-out TCGA-DU-7294, 240x240x155 at 1 mm) with a seeded random elastic
+   subject (default the held-out TCGA-DU-7294, 240x240x155 at 1 mm; ``--subjects A,B,C`` for
+   several, e.g. the development subjects TCGA-FG-6692, stroke (124x160x140) and
+   BraTS-GLI-00001-000, the last two without tumour labels) with a seeded random elastic
    field (``cocyclereg.augment``, 5-10 mm at most, no folding) and registers it back onto the
-   other modality, both directions; ``--cases ct-mri`` does the same with the 2 mm MNI CT and
-   SPM12 T1/T2 templates.
+   other modality, both directions (``--directions "t2->t1"`` for one); ``--cases ct-mri`` does
+   the same with the 2 mm MNI CT and SPM12 T1/T2 templates.
 2. Registers every case with every method, each end to end in its own process (files in ->
    transform, warped image and warped labels written), on ``--threads`` threads
    (``OMP_NUM_THREADS``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` and ITK's global default):
@@ -23,13 +26,21 @@ What it does, in order:
      started from the network's fields.
    * ``cocyclereg-refine-only`` (not run by default): the same with ``--no-network``: the
      refinement alone, from the pre-aligned images.
-   * ``elastix``: itk-elastix, elastix's default ``affine`` then ``bspline`` parameter maps
+   * ``elastix`` (library defaults): itk-elastix, elastix's default ``affine`` then ``bspline``
+     parameter maps
      (3 resolutions each, AdvancedMattesMutualInformation, adaptive stochastic gradient
      descent; the B-spline map's final grid spacing ``--elastix-grid`` mm and its default
      bending-energy penalty), then transformix for the deformation field and the labels.
-   * ``ants``: antspyx ``ants.registration(type_of_transform="SyN", aff_metric="mattes",
-     syn_metric="mattes")`` (affine then SyN, default iterations), the forward transforms
-     composed into one displacement field on the fixed grid.
+   * ``ants`` (library defaults): antspyx ``ants.registration(type_of_transform="SyN",
+     aff_metric="mattes", syn_metric="mattes")`` (affine then SyN, default iterations: none at
+     full resolution), the forward transforms composed into one displacement field on the
+     fixed grid.
+   * ``elastix-tuned`` and ``ants-tuned``: the peers as an experienced user sets them up for
+     multi-modal brain MRI (Elastix: affine, then a 4-level B-spline with 1000 iterations per
+     level and a bending-energy penalty; ANTs: affine, then SyN with Mattes MI down to full
+     resolution). Every setting, the reason for it and the development-subject measurements
+     that chose it are in ``benchmarks/peers.py``; ``--peer-setting METHOD.FIELD=VALUE``
+     overrides one for a run (tabled as ``METHOD[FIELD=VALUE]``).
    * ``identity``: no registration (the starting misalignment).
    * ``truth`` (not run by default): the ground-truth field itself; its Dice is the ceiling set
      by nearest-neighbour resampling of the labels, a check of the case construction.
@@ -39,6 +50,14 @@ What it does, in order:
    the sum of its summary's stages, the peers' excludes their Python library import, which
    the elastix and ANTs command-line programs do not pay), and "process s", the whole process
    (interpreter start-up, ``import torch``/``import itk``, everything).
+
+   Speed under load: ``--background-load N`` starts N busy processes (a pure-Python spin loop
+   each) before every timed method's process and stops them after it, the same fixed load for
+   every method (evaluation runs unloaded). Those results are stored and tabled as
+   ``METHOD +loadN``; with ``--reuse-results`` on the folder of an unloaded run, both stand in
+   one table and "Speed under load" gives each method's loaded ÷ unloaded seconds on the same
+   cases, for the whole pair and per stage (e.g. run the benchmark, then the same command with
+   ``--background-load 2 --reuse-results``).
 3. Evaluates every method through one code path: its transform (a displacement field on the
    fixed grid, fixed points -> moving points) warps the moving tissue and tumour labels
    (nearest neighbour) -> Dice per label and mean, HD95 (mm), percent of fixed-grid voxels with
@@ -50,15 +69,25 @@ What it does, in order:
    accuracy comes from the last run (the same outputs up to ITK's threaded MI, see
    ``cocyclereg.register.affine_prealignment``). A three-second process on this machine varies by
    about 10 % between runs; a minute-long one by about 3 %.
-4. Prints Markdown tables (all cases, then per direction) with each method's seconds per pair
-   and Elastix's time divided by it; CoCycleReg's stage times (slowest first) and peak memory;
-   and the network pass against its ideal time: the forward pass's FLOP count on the model grid
-   the cases used (``torch.utils.flop_counter``) divided by ``--peak-gflops`` (157 GFLOP/s: two
-   AVX2 FMA cores at 2.45 GHz, 32 fp32 FLOP per cycle each).
+4. Prints Markdown tables (all cases, per direction, per subject) with each method's seconds
+   per pair and the reference's time divided by it (``elastix-tuned`` when it ran, else
+   ``elastix``; and ``ants-tuned``'s for whole processes); every timed method's stage times
+   (slowest first) and peak memory; the network pass against its ideal time: the forward
+   pass's FLOP count on the model grid the cases used (``torch.utils.flop_counter``) divided
+   by ``--peak-gflops`` (157 GFLOP/s: two AVX2 FMA cores at 2.45 GHz, 32 fp32 FLOP per cycle
+   each).
 
-Outputs in ``--output``: ``cases/`` (cached inputs and ground truths), ``<case>/<method>/``
-(transform.h5 or .nii.gz, warped image and labels, metrics.json, process log), ``results.json`` and
-``results.md``.
+Outputs in ``--output``: ``cases/`` (cached inputs and ground truths),
+``<case set>/<case>/<method>/`` (transform.h5 or .nii.gz, warped image and labels, metrics.json,
+process log, and record.json: the method's settings, threads, load, timing and metrics),
+``results.json`` and ``results.md``.
+
+Reusing results: cases are always reused from ``cases/``. With ``--reuse-results`` a method
+whose record.json has the same settings (model and register options for CoCycleReg; the
+parameters for the peers), threads, load and repeats is not run again, and every other method
+stored for the same cases joins the tables: run the slow peers once, then
+``--methods cocyclereg --reuse-results`` on the same ``--output`` runs CoCycleReg alone and tables
+it against them (a changed model or ``--register-options`` reruns it).
 
 Develop on a downsampled copy (``--spacing 2`` makes the T1/T2 pair 120x120x78) and run the full
 240x240x155 benchmark once: Elastix and ANTs take minutes per pair on two cores.
@@ -126,8 +155,24 @@ examples:
   # CT<->MRI on the MNI templates with a CT/MRI model
   python benchmarks/registration.py --model ct.cocyclereg --cases ct-mri
 
+  # the development subjects against the peers (defaults and tuned), one thread; then
+  # CoCycleReg alone against the stored peer results, then the same beside two busy processes
+  python benchmarks/registration.py --subjects TCGA-FG-6692,stroke,BraTS-GLI-00001-000 \\
+      --methods identity,elastix,ants,elastix-tuned,ants-tuned,cocyclereg --threads 1 \\
+      --output runs/dev-peers
+  python benchmarks/registration.py --subjects TCGA-FG-6692,stroke,BraTS-GLI-00001-000 \\
+      --methods cocyclereg --threads 1 --output runs/dev-peers --reuse-results
+  python benchmarks/registration.py --subjects TCGA-FG-6692,stroke,BraTS-GLI-00001-000 \\
+      --methods cocyclereg --threads 1 --output runs/dev-peers --reuse-results \\
+      --background-load 2
+
+  # choosing a tuned setting (development subjects only): one variant, one direction
+  python benchmarks/registration.py --subject TCGA-FG-6692 --directions "t2->t1" \\
+      --methods elastix-tuned --peer-setting elastix-tuned.bending_weight=10 --threads 1
+
 Targets checked on the full T1/T2 pair: cocyclereg end to end (load to written files) >= 20x
-faster than Elastix, its whole process >= 10x faster than Elastix's, the network pass within 2x
+faster than the reference (elastix-tuned, else elastix), its whole process >= 10x faster than
+the reference's and ants-tuned's, the network pass within 2x
 of FLOPs / peak FLOP rate, peak memory < 4 GB.
 """
 
@@ -718,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--methods",
-        default="cocyclereg,cocyclereg-network,cocyclereg-network-refined,elastix,ants,identity",
+        default="cocyclereg,cocyclereg-network,cocyclereg-network-refined,elastix,ants,"
+        "elastix-tuned,ants-tuned,identity",
         help=f"comma-separated, among {', '.join(METHODS)}",
     )
     parser.add_argument(
