@@ -925,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
             "direction": case.direction,
         }
         stored = _stored_rows(case_folder, case_row) if args.reuse_results else []
+        for row in stored:
+            if row["key"]["threads"] != args.threads:
+                print(f"note: the stored {row['method']} ran on {row['key']['threads']} threads")
         for method in methods:
             load = args.background_load if method in TIMED else 0
             label = _label(method, load, args.peer_setting)
