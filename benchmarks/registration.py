@@ -642,14 +642,14 @@ def _cell(value, digits: int = 3, suffix: str = "") -> str:
 def markdown_table(summary: dict) -> str:
     reference = next((e["reference"] for e in summary.values() if "reference" in e), "Elastix")
     lines = [
-        "| method | tissue Dice | tumour Dice | tissue HD95 mm | tumour HD95 mm | % J≤0 "
+        "| method | cases | tissue Dice | tumour Dice | tissue HD95 mm | tumour HD95 mm | % J≤0 "
         f"| TRE mean mm | TRE p95 mm | load→written s | {reference} ÷ | process s "
         f"| {reference} ÷ | ants-tuned ÷ | peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, e in summary.items():
         lines.append(
-            f"| {method} | {_cell(e['tissue_dice'])} | {_cell(e['tumour_dice'])} "
+            f"| {method} | {e['cases']} | {_cell(e['tissue_dice'])} | {_cell(e['tumour_dice'])} "
             f"| {_cell(e['tissue_hd95_mm'], 2)} | {_cell(e['tumour_hd95_mm'], 2)} "
             f"| {_cell(e['folding_percent'], 4)} | {_cell(e['tre_mean_mm'], 2)} "
             f"| {_cell(e['tre_p95_mm'], 2)} | {_cell(e.get('seconds'), 1)} "
@@ -1015,6 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
             per_subject[subject] = summarise([r for r in rows if r["subject"] == subject], labels)
             report += [f"### {subject}", "", markdown_table(per_subject[subject]), ""]
     report += [
+        "cases: the cases each method's means are over (a method stored for fewer cases than "
+        "another is not compared on the same ones). "
         "Tumour Dice: mean over the cases with tumour labels (– where none has them). "
         "load→written s: from reading the inputs to the last written output (CoCycleReg: the sum "
         "of its stages; Elastix and ANTs: their Python library import excluded). process s: the "
