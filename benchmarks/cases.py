@@ -36,14 +36,15 @@ Case sets (``kind``):
   are new, the anatomy is not held out.
 
 Cases are cached under ``folder``: a case whose ``case.json`` holds the same parameters is
-reused, so repeated benchmark runs register exactly the same inputs.
+reused, so repeated benchmark runs register exactly the same inputs. Subjects without tumour
+labels (stroke, BraTS-GLI-00001-000 here) give cases without ``fixed_tumour``/``moving_tumour``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,8 @@ class Case:
     inversion_residual_mm: float = 0.0
     size: tuple[int, int, int] = (0, 0, 0)
     spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    subject: str = ""  # the brain-t1t2 subject, or "mni" for the ct-mri templates
+    case_set: str = ""  # the cache folder of the subject's cases, e.g. t1t2-stroke-native
 
     @classmethod
     def from_json(cls, path: Path) -> Case:
@@ -227,14 +230,13 @@ def build_cases(
             record = case_folder / "case.json"
             wanted = {**parameters, "seed": case_seed}
             if record.is_file() and json.loads(record.read_text()).get("parameters") == wanted:
-                cases.append(Case.from_json(record))
-                continue
-            log(f"building case {tag}/{name} (seed {case_seed})")
-            cases.append(
-                _build_case(
+                case = Case.from_json(record)
+            else:
+                log(f"building case {tag}/{name} (seed {case_seed})")
+                case = _build_case(
                     sources, kind, name, moving_role, fixed_role, case_seed, case_folder, wanted
                 )
-            )
+            cases.append(replace(case, subject=subject if kind == "t1t2" else "mni", case_set=tag))
     return cases
 
 
