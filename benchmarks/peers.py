@@ -55,7 +55,7 @@ class ElastixTuned:
     final_grid_spacing_mm: float = 10.0
     # TransformBendingEnergyPenalty weight against the MI metric's weight 1: chosen on
     # development subjects, see the module docstring's table.
-    bending_weight: float = 100.0
+    bending_weight: float = 10.0
     # Fixed seed of the random sampler: repeated runs give the same result.
     random_seed: int = 121212
 

@@ -99,6 +99,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -931,7 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             load = args.background_load if method in TIMED else 0
             label = _label(method, load, args.peer_setting)
-            folder = case_folder / label.replace(" ", "")
+            # Only characters that no tool's command line reads (ANTs splits on "," and "[").
+            folder = case_folder / re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_")
             key = {
                 "settings": method_settings(method, args, tuned),
                 "threads": args.threads,
