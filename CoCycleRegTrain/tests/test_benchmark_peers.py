@@ -46,7 +46,7 @@ def test_overrides_change_one_run_only(peers):
             "elastix-tuned.bending_weight=1000",
             "elastix-tuned.resolutions=3",
             "ants-tuned.reg_iterations=100,70,50,0",
-            "ants-tuned.initial_stage=identity",
+            "ants-tuned.initial_stage=affine",
         ]
     )
     _, bspline = peers.elastix_tuned_maps(settings["elastix-tuned"])
@@ -56,7 +56,7 @@ def test_overrides_change_one_run_only(peers):
     arguments = peers.ants_tuned_arguments(settings["ants-tuned"])
     assert arguments["reg_iterations"] == (100, 70, 50, 0)
     assert arguments["type_of_transform"] == "SyNOnly"
-    assert settings["ants-tuned"].initial_stage == "identity"
+    assert settings["ants-tuned"].initial_stage == "affine"
     # The documented defaults are untouched.
     assert peers.TUNED["elastix-tuned"].bending_weight == 10.0
     assert peers.TUNED["ants-tuned"].reg_iterations == (100, 70, 50, 20)
