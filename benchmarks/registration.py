@@ -101,6 +101,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,7 +180,7 @@ examples:
 
   # choosing a tuned setting (development subjects only): one variant, one direction
   python benchmarks/registration.py --subject TCGA-FG-6692 --directions "t2->t1" \\
-      --methods elastix-tuned --peer-setting elastix-tuned.bending_weight=10 --threads 1
+      --methods elastix-tuned --peer-setting elastix-tuned.bending_weight=100 --threads 1
 
 Targets checked on the full T1/T2 pair: cocyclereg end to end (load to written files) >= 20x
 faster than the reference (elastix-tuned, else elastix), its whole process >= 10x faster than
@@ -943,13 +944,15 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             load = args.background_load if method in TIMED else 0
             label = _label(method, load, args.peer_setting)
-            folder = case_folder / label.replace(" ", "")
+            # Only characters that no tool's command line reads (ANTs splits on "," and "[").
+            folder = case_folder / re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_")
             key = {
                 "settings": method_settings(method, args, tuned),
                 "threads": args.threads,
                 "background_load": load,
                 "repeats": max(1, args.repeats) if method in TIMED else 1,
             }
+            key = json.loads(json.dumps(key))  # as stored: tuples become lists
             reusable = [r for r in stored if r["method"] == label and r["key"] == key]
             if reusable:
                 print(f"{case_row['case_key']:>40s} {label:>20s}: stored result reused")
