@@ -180,7 +180,7 @@ examples:
 
   # choosing a tuned setting (development subjects only): one variant, one direction
   python benchmarks/registration.py --subject TCGA-FG-6692 --directions "t2->t1" \\
-      --methods elastix-tuned --peer-setting elastix-tuned.bending_weight=100 --threads 1
+      --methods elastix-tuned --peer-setting elastix-tuned.bending_weight=10 --threads 1
 
 Targets checked on the full T1/T2 pair: cocyclereg end to end (load to written files) >= 20x
 faster than the reference (elastix-tuned, else elastix), its whole process >= 10x faster than

@@ -35,7 +35,7 @@ def test_elastix_maps_schedule_every_level(peers):
         assert parameter_map["NumberOfSpatialSamples"] == ["5000"]
     assert bspline["GridSpacingSchedule"] == ["8", "4", "2", "1"]
     assert bspline["Metric"] == ["AdvancedMattesMutualInformation", "TransformBendingEnergyPenalty"]
-    assert bspline["Metric1Weight"] == ["10"]
+    assert bspline["Metric1Weight"] == ["100"]
     # Only the last map writes the warped image the benchmark keeps.
     assert (affine["WriteResultImage"], bspline["WriteResultImage"]) == (["false"], ["true"])
 
@@ -58,7 +58,7 @@ def test_overrides_change_one_run_only(peers):
     assert arguments["type_of_transform"] == "SyNOnly"
     assert settings["ants-tuned"].initial_stage == "affine"
     # The documented defaults are untouched.
-    assert peers.TUNED["elastix-tuned"].bending_weight == 10.0
+    assert peers.TUNED["elastix-tuned"].bending_weight == 100.0
     assert peers.TUNED["ants-tuned"].reg_iterations == (100, 70, 50, 20)
 
 
