@@ -39,10 +39,11 @@ What it does, in order:
      fixed grid.
    * ``elastix-tuned`` and ``ants-tuned``: the peers as an experienced user sets them up for
      multi-modal brain MRI (Elastix: affine, then a 4-level B-spline with 1000 iterations per
-     level and a bending-energy penalty; ANTs: affine, then SyN with Mattes MI down to full
-     resolution). Every setting, the reason for it and the development-subject measurements
-     that chose it are in ``benchmarks/peers.py``; ``--peer-setting METHOD.FIELD=VALUE``
-     overrides one for a run (tabled as ``METHOD[FIELD=VALUE]``).
+     level and a bending-energy penalty; ANTs: SyN with Mattes MI down to full resolution, an
+     affine stage first optional). Every setting, the reason for it and the
+     development-subject measurements that chose it are in ``benchmarks/peers.py``;
+     ``--peer-setting METHOD.FIELD=VALUE`` overrides one for a run (tabled as
+     ``METHOD[FIELD=VALUE]``).
    * ``identity``: no registration (the starting misalignment).
    * ``truth`` (not run by default): the ground-truth field itself; its Dice is the ceiling set
      by nearest-neighbour resampling of the labels, a check of the case construction.
@@ -144,8 +145,8 @@ DESCRIPTIONS = {
     "ants": "ANTs at its library defaults (antspyx SyN, Mattes MI, default iterations)",
     "elastix-tuned": "Elastix as an expert sets it up (affine, then B-spline with bending "
     "penalty; benchmarks/peers.py)",
-    "ants-tuned": "ANTs as an expert sets it up (affine, then SyN to full resolution; "
-    "benchmarks/peers.py)",
+    "ants-tuned": "ANTs as an expert sets it up (SyN with Mattes MI down to full "
+    "resolution; benchmarks/peers.py)",
     "identity": "no registration: the starting misalignment",
     "truth": "the ground-truth field (label resampling's ceiling)",
 }
