@@ -58,6 +58,7 @@ from cocyclereg.displacement import (
     voxel_flow_to_displacement_mm,
 )
 from cocyclereg.grid import Grid
+from cocyclereg.inverse import inverse_flow
 from cocyclereg.io import read_image, read_labels, write_image
 from cocyclereg.resample import resample_to_grid
 from cocyclereg.spatial_transformer import SpatialTransformer
@@ -120,10 +121,8 @@ def _inverse_flow(
     that equation in mm after the last iteration."""
     warp = SpatialTransformer("bilinear")
     u = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))[None]
-    v = -u.clone()
+    v, _ = inverse_flow(u, iterations, tolerance=0.0)  # tolerance 0: every iteration runs
     with torch.no_grad():
-        for _ in range(iterations):
-            v = -warp(u, v)
         scale = torch.as_tensor(np.asarray(spacing_dhw, dtype=np.float32)).view(1, 3, 1, 1, 1)
         residual = float(((v + warp(u, v)) * scale).norm(dim=1).max())
     return v[0].numpy(), residual

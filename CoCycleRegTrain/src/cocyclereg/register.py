@@ -259,10 +259,15 @@ def _check_volume(image: sitk.Image, role: str) -> None:
         )
 
 
-def _normalised(image: sitk.Image, grid: Grid, settings: dict, transform=None) -> np.ndarray:
+def _normalised(
+    image: sitk.Image, grid: Grid, settings: dict, device: torch.device, transform=None
+) -> torch.Tensor:
+    """``image`` (through ``transform``) resampled onto ``grid`` and normalised as a model file's
+    ``settings`` say: ``(1, 1, D, H, W)`` float32 on ``device``."""
     resampled = resample_to_grid(image, grid, "linear", transform=transform)
     array = sitk.GetArrayFromImage(resampled)
-    return normalize(array, NormalizationConfig(**_normalization_fields(settings)))[0]
+    normalised = normalize(array, NormalizationConfig(**_normalization_fields(settings)))[0]
+    return torch.from_numpy(normalised)[None, None].to(device)
 
 
 def _normalization_fields(settings: dict) -> dict:
@@ -374,8 +379,10 @@ def register(
             f"{needed / 1e9:.1f} GB on {torch_device} but only {available / 1e9:.1f} GB are free; "
             "crop the fixed image to the region of interest or free memory."
         )
-    fixed_array = _normalised(fixed, grid, info.normalization[fixed_side])
-    moving_array = _normalised(moving, grid, info.normalization[moving_side], pre_alignment)
+    fixed_tensor = _normalised(fixed, grid, info.normalization[fixed_side], torch_device)
+    moving_tensor = _normalised(
+        moving, grid, info.normalization[moving_side], torch_device, pre_alignment
+    )
     seconds["preprocess"] = time.perf_counter() - started
 
     refinement = (
@@ -389,8 +396,6 @@ def register(
         refinement = replace(refinement, fine_spacing_mm=fine_spacing_mm)
     refinement = _fine_level_for(refinement, fixed, grid)
     started = time.perf_counter()
-    fixed_tensor = torch.from_numpy(fixed_array)[None, None].to(torch_device)
-    moving_tensor = torch.from_numpy(moving_array)[None, None].to(torch_device)
     if refinement.use_network:
         report("network")
         with torch.no_grad():
@@ -419,16 +424,15 @@ def register(
         report("fine")
         started = time.perf_counter()
         field_grid = grid.with_spacing(refinement.fine_spacing_mm)
-        fixed_fine = torch.from_numpy(
-            _normalised(fixed, field_grid, info.normalization[fixed_side])
-        )[None, None].to(torch_device)
-        moving_fine = torch.from_numpy(
-            _normalised(moving, field_grid, info.normalization[moving_side], pre_alignment)
-        )[None, None].to(torch_device)
+        # From here on the images are those of the field's grid.
+        fixed_tensor = _normalised(fixed, field_grid, info.normalization[fixed_side], torch_device)
+        moving_tensor = _normalised(
+            moving, field_grid, info.normalization[moving_side], torch_device, pre_alignment
+        )
         forward_flow = refine_flow(
             flow_on_grid(forward_flow, grid, field_grid),
-            moving_fine,
-            fixed_fine,
+            moving_tensor,
+            fixed_tensor,
             refinement.fine_level(),
         )
         seconds["fine"] = time.perf_counter() - started
@@ -439,16 +443,10 @@ def register(
 
     report("output")
     started = time.perf_counter()
-    similarity_grid, similarity_fixed, similarity_moving = grid, fixed_tensor, moving_tensor
-    if refinement.has_fine_level:
-        similarity_grid, similarity_fixed, similarity_moving = field_grid, fixed_fine, moving_fine
-    as_given = similarity_moving
+    as_given = moving_tensor
     if pre_alignment is not None:
-        as_given = _normalised(moving, similarity_grid, info.normalization[moving_side])
-        as_given = torch.from_numpy(as_given)[None, None].to(torch_device)
-    similarity = registration_similarity(
-        similarity_fixed, as_given, similarity_moving, forward_flow
-    )
+        as_given = _normalised(moving, field_grid, info.normalization[moving_side], torch_device)
+    similarity = registration_similarity(fixed_tensor, as_given, moving_tensor, forward_flow)
     forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), field_grid)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
