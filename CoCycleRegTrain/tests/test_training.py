@@ -367,6 +367,9 @@ def test_the_known_deformation_term_trains_both_heads(pair_csv, tmp_path):
     # R starts near the identity, so both heads' error is about the deformation's mean length.
     length = batch["deformation"].norm(dim=1).mean()
     assert 1.5 * float(length) < float(terms["deformation"].detach()) < 2.5 * float(length)
+    # The logged mark for zero fields: both heads' error is exactly twice the mean length.
+    assert float(terms["deformation_identity"]) == pytest.approx(2 * float(length), rel=1e-5)
+    assert not terms["deformation_identity"].requires_grad
     terms["deformation"].backward()
     registration = trainer.networks.registration
     for head in (registration.head_x2y, registration.head_y2x):

@@ -14,7 +14,8 @@ Terms of the generator/registration objective (``loss.mode``):
 * ``loss.structure > 0`` adds ``MIND(T_x2y(x), x) + MIND(T_y2x(y), y)`` to the translation
   modes (see :class:`cocyclereg.config.LossConfig`).
 * ``loss.deformation > 0`` adds the end-point error of both fields against the known synthetic
-  deformation of the pair (all modes).
+  deformation of the pair (all modes); the term ``deformation_identity`` (logged, not
+  optimised) is that error for zero fields, the mark R must get under.
 * ``loss.registration_mind > 0`` adds the VMIND similarity below to the translation modes.
 * ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
   plus smoothness; no generators or discriminators.
@@ -196,6 +197,11 @@ class CoCycleObjective:
                 flow_x2y, flow_y2x, deformation, deformed, mask
             )
             supervised = w.deformation * terms["deformation"]
+            with torch.no_grad():
+                zero = torch.zeros_like(flow_x2y)
+                terms["deformation_identity"] = self._end_point_error(
+                    zero, zero, deformation, deformed, mask
+                )
         if w.mode == "vmind":
             terms["similarity"] = self._direct_mind(x, y, flow_x2y, flow_y2x)
             total = w.similarity * terms["similarity"] + w.smooth * terms["smooth"] + supervised

@@ -463,7 +463,8 @@ class Trainer:
                     {
                         k: f"{v:.4f}"
                         for k, v in record.items()
-                        if k in ("total", "similarity", "cycle")
+                        if k
+                        in ("total", "similarity", "cycle", "deformation", "deformation_identity")
                     }
                 )
                 if not self.is_main:
