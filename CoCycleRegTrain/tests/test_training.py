@@ -291,6 +291,28 @@ def test_registration_learning_rate_is_separate_when_set(pair_csv, tmp_path):
     assert faster.optimizer_g.param_groups[0]["lr"] == 1e-4
 
 
+def test_each_generator_and_discriminator_is_clipped_on_its_own(pair_csv, tmp_path):
+    """As published: every network's gradient norm is clipped to the limit by itself, so one
+    network's large gradient never shrinks another's."""
+    limit = 1e-6  # below every network's gradient norm, so each one is clipped
+    trainer = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv,
+                tmp_path / "run",
+                f"optim.clip_generator={limit}",
+                f"optim.clip_discriminator={limit}",
+            ),
+        )
+    )
+    trainer.train_step(trainer.batch_for_step(0))
+    for name in ("translate_x2y", "translate_y2x", "discriminate_x", "discriminate_y"):
+        gradients = [p.grad for p in getattr(trainer.networks, name).parameters()]
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients]))
+        assert float(norm) == pytest.approx(limit, rel=1e-3), name
+
+
 def test_residual_error_is_zero_for_the_exact_inverse_and_the_deformation_for_identity():
     from cocyclereg.spatial_transformer import SpatialTransformer
     from cocyclereg.training import residual_error_mm

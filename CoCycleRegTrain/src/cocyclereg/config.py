@@ -117,7 +117,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Three Adam optimisers (D, G, R) as published; gradient-norm clipping on D and G only.
+    """Three Adam optimisers (D, G, R) as published; gradient-norm clipping of each generator and
+    each discriminator on its own (as published), of R only with ``clip_registration``.
 
     ``registration_warmup_steps`` (0 in the paper) keeps R fixed at its near-identity start for
     that many steps while the translations learn, so R never learns to undo the geometric

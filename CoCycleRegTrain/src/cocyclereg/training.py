@@ -262,8 +262,13 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _clip(self, parameters, limit: float | None) -> None:
+        """Scale the gradients of ``parameters`` (one network's, as published: each generator
+        and each discriminator on its own) so that their joint norm is at most ``limit``."""
         if limit is not None:
             torch.nn.utils.clip_grad_norm_(parameters, limit)
+
+    def _parameters(self, name: str) -> list[nn.Parameter]:
+        return list(getattr(self.networks, name).parameters())
 
     def learning_rate_factor(self, step: int) -> float:
         """The factor on every base learning rate at ``step`` (``optim.schedule``)."""
@@ -300,9 +305,8 @@ class Trainer:
             self.optimizer_d.zero_grad(set_to_none=True)
             self.scaler.scale(loss_d).backward()
             self.scaler.unscale_(self.optimizer_d)
-            self._clip(
-                self.networks.discriminator_parameters(), self.config.optim.clip_discriminator
-            )
+            for name in ("discriminate_x", "discriminate_y"):
+                self._clip(self._parameters(name), self.config.optim.clip_discriminator)
             self.scaler.step(self.optimizer_d)
             record["discriminator"] = float(loss_d.detach())
             discriminators = {
@@ -334,7 +338,8 @@ class Trainer:
             self.scaler.step(self.optimizer_r)
         if self.optimizer_g is not None:
             self.scaler.unscale_(self.optimizer_g)
-            self._clip(self.networks.generator_parameters(), self.config.optim.clip_generator)
+            for name in ("translate_x2y", "translate_y2x"):
+                self._clip(self._parameters(name), self.config.optim.clip_generator)
             self.scaler.step(self.optimizer_g)
         self.scaler.update()
         record["total"] = float(loss.detach())
