@@ -35,6 +35,14 @@ Case sets (``kind``):
   tumour labels. These templates are also in the CT–MRI training list: only the deformations
   are new, the anatomy is not held out.
 
+Appearance (``appearance``): ``"as-is"`` keeps both images' intensities as acquired;
+``"new-scanner"`` gives each image of a case, independently, what another scanner or
+protocol changes (:func:`new_scanner_appearance`): a smooth multiplicative coil bias of up to
+±35 %, a gamma change (log-uniform in 0.7–1.4), noise of 1.5 % of the brightest tissue
+everywhere (the background too, as in an image that was never masked) and another intensity
+scale and offset. Geometry and labels are untouched. Such cases live in their own folders
+(``…-new-scanner``).
+
 Cases are cached under ``folder``: a case whose ``case.json`` holds the same parameters is
 reused, so repeated benchmark runs register exactly the same inputs. Subjects without tumour
 labels (stroke, BraTS-GLI-00001-000 here) give cases without ``fixed_tumour``/``moving_tumour``.
@@ -51,7 +59,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from cocyclereg.augment import random_elastic_flow
+from cocyclereg.augment import appearance_jitter, random_elastic_flow
 from cocyclereg.displacement import (
     displacement_field_image,
     displacement_transform,
@@ -65,6 +73,7 @@ from cocyclereg.spatial_transformer import SpatialTransformer
 from cocyclereg.tissue import tissue_from_probabilities, tissue_from_t1
 
 INVERSION_ITERATIONS = 40
+APPEARANCES = ("as-is", "new-scanner")
 
 
 @dataclass
@@ -200,13 +209,18 @@ def build_cases(
     spacing_mm: float | None = None,
     control_spacing_mm: float = 24.0,
     max_displacement_mm: float = 10.0,
+    appearance: str = "as-is",
     log=print,
 ) -> list[Case]:
     """Build (or reuse) ``deformations`` cases per direction; see the module docstring."""
     if kind not in ("t1t2", "ct-mri"):
         raise ValueError(f"unknown case set {kind!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"unknown appearance {appearance!r}, expected one of {APPEARANCES}")
     resolution = f"{spacing_mm:g}mm" if spacing_mm else "native"
     tag = f"{kind}-{subject if kind == 't1t2' else 'mni'}-{resolution}"
+    if appearance != "as-is":
+        tag += f"-{appearance}"
     root = folder / tag
     sources = (
         _source_t1t2(data, subject, spacing_mm, root / "source")
@@ -218,6 +232,8 @@ def build_cases(
         "max_displacement_mm": max_displacement_mm,
         "inversion_iterations": INVERSION_ITERATIONS,
     }
+    if appearance != "as-is":
+        parameters["appearance"] = appearance
     cases = []
     for moving_role, fixed_role in _directions(kind):
         for index in range(deformations):
@@ -273,8 +289,13 @@ def _build_case(
         "moving_tissue": folder / "moving_tissue.nii.gz",
         "ground_truth": folder / "ground_truth.nii.gz",
     }
+    deformed = resample_to_grid(moving, grid, "linear", deform)
+    if parameters.get("appearance") == "new-scanner":
+        # Streams of their own: the deformation stays that of the as-is case with this seed.
+        fixed = new_scanner_appearance(fixed, np.random.default_rng([seed, 1]))
+        deformed = new_scanner_appearance(deformed, np.random.default_rng([seed, 2]))
     write_image(fixed, out["fixed"])
-    write_image(resample_to_grid(moving, grid, "linear", deform), out["moving"])
+    write_image(deformed, out["moving"])
     tissue = read_labels(sources["tissue"])
     write_image(tissue, out["fixed_tissue"])
     write_image(resample_to_grid(tissue, grid, "label", deform), out["moving_tissue"])
@@ -301,3 +322,21 @@ def _build_case(
     record = {**asdict(case), "parameters": parameters}
     (folder / "case.json").write_text(json.dumps(record, indent=2) + "\n")
     return case
+
+
+def new_scanner_appearance(image: sitk.Image, rng: np.random.Generator) -> sitk.Image:
+    """``image`` as another scanner might show it (see the module docstring): float32, same
+    grid. Intensities are scaled by the 99.9th percentile of the voxels above the minimum,
+    changed by :func:`cocyclereg.augment.appearance_jitter` (bias up to ±35 %, gamma
+    0.7–1.4, noise 1.5 %), then mapped to a new range ``a * value + b``."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    low = float(array.min())
+    high = float(np.percentile(array[array > low], 99.9)) if (array > low).any() else low + 1
+    unit = np.clip((array - low) / max(high - low, 1e-6), 0.0, 1.0)
+    changed = appearance_jitter(
+        unit, rng, gamma=(0.7, 1.4), noise_std=0.015, bias_strength=0.3, blur_voxels=0.0
+    )
+    scale, offset = float(rng.uniform(200.0, 4000.0)), float(rng.uniform(-100.0, 100.0))
+    result = sitk.GetImageFromArray(scale * changed + offset)
+    result.CopyInformation(image)
+    return result

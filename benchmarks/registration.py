@@ -771,6 +771,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed of the deformations")
     parser.add_argument(
+        "--appearance",
+        choices=("as-is", "new-scanner"),
+        default="as-is",
+        help="as-is: the images as acquired; new-scanner: each image of every case gets an "
+        "independent coil bias (up to +-35%%), gamma 0.7-1.4, noise (background too) and a new "
+        "intensity range, as another scanner would show it (benchmarks/cases.py)",
+    )
+    parser.add_argument(
         "--directions",
         default="",
         help='register only these directions, comma-separated, e.g. "t2->t1" (default: all)',
@@ -924,6 +932,7 @@ def main(argv: list[str] | None = None) -> int:
             spacing_mm=args.spacing,
             control_spacing_mm=args.control_spacing,
             max_displacement_mm=args.max_displacement,
+            appearance=args.appearance,
         )
     if directions:
         cases = [case for case in cases if case.direction in directions]
@@ -999,7 +1008,12 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         f"## Registration benchmark: {args.cases}, {len(cases)} cases ({shapes}), "
         f"{args.threads} threads"
-        + (f", beside {args.background_load} busy processes" if args.background_load else ""),
+        + (f", beside {args.background_load} busy processes" if args.background_load else "")
+        + (
+            ", images as a new scanner shows them (bias, gamma, noise, range; cases.py)"
+            if args.appearance != "as-is"
+            else ""
+        ),
         "",
         f"Model: {args.model}" if set(OURS) & set(methods) else "",
         "",

@@ -151,20 +151,38 @@ def test_the_in_place_adam_matches_torch_optim_adam():
     torch.testing.assert_close(ours, reference)
 
 
-def test_the_similarity_region_is_the_foreground_grown_by_a_cube():
-    from scipy.ndimage import binary_dilation
+def test_the_similarity_region_is_the_smoothed_foreground_grown_by_a_cube():
+    from scipy.ndimage import binary_dilation, gaussian_filter
 
-    from cocyclereg.refine import REGION_MARGIN, REGION_THRESHOLD, _region
+    from cocyclereg.refine import REGION_BLUR, REGION_MARGIN, REGION_THRESHOLD, _region
 
     rng = np.random.default_rng(2)
     target = torch.zeros(1, 1, 20, 17, 23)
     target[0, 0, 5:9, 3:6, 10:12] = 0.5  # a block, and isolated voxels near the faces
     for k, j, i in rng.integers(0, [20, 17, 23], size=(6, 3)):
-        target[0, 0, k, j, i] = 1.0
+        target[0, 0, k, j, i] = rng.choice([0.1, 1.0])  # faint ones vanish, bright ones stay
+    smoothed = gaussian_filter(target[0, 0].double().numpy(), REGION_BLUR, mode="nearest")
     cube = np.ones((2 * REGION_MARGIN + 1,) * 3, bool)
-    expected = binary_dilation(target[0, 0].numpy() > REGION_THRESHOLD, cube)
+    expected = binary_dilation(smoothed > REGION_THRESHOLD, cube)
     np.testing.assert_array_equal(_region(target).numpy(), expected)
     assert 0.1 < expected.mean() < 0.9
+
+
+def test_background_noise_does_not_spread_the_similarity_region(data_dir):
+    """A skull-stripped T1 with scanner noise everywhere (as if never masked): the region stays
+    the brain's, not the whole grid."""
+    from cocyclereg.refine import _region
+
+    image = sitk.ReadImage(str(data_dir / "brain-t1t2" / "stroke" / "t1.nii.gz"))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    clean = torch.from_numpy(normalize(array, NormalizationConfig())[0])[None, None]
+    noise = np.random.default_rng(0).normal(0.0, 0.015 * array.max(), array.shape)
+    noisy_array = np.clip(array + noise.astype(np.float32), 0.0, None)
+    noisy = torch.from_numpy(normalize(noisy_array, NormalizationConfig())[0])[None, None]
+    clean_region, noisy_region = _region(clean).numpy(), _region(noisy).numpy()
+    assert noisy_region.mean() < 1.1 * clean_region.mean() < 0.6
+    overlap = (clean_region & noisy_region).sum() / clean_region.sum()
+    assert overlap > 0.98
 
 
 def test_the_compiled_similarity_gradient_equals_autograd_through_the_warp():
