@@ -512,3 +512,83 @@ def test_validation_scores_both_heads_and_training_may_be_synthetic_only(
     # R starts near the identity: each head's error is about the identity's.
     for head in ("x2y", "y2x"):
         assert metrics[f"{head}_tre"] == pytest.approx(metrics[f"identity_{head}_tre"], rel=0.1)
+
+
+def test_translation_mode_refuses_data_that_misaligns_the_pair(pair_csv, tmp_path):
+    from cocyclereg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"aligned pairs only.*data\.augmentation\.elastic"):
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(pair_csv, tmp_path / "run", "loss.mode=translation"),
+        )
+    with pytest.raises(ConfigError, match="rigid_residual_mm"):
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv,
+                tmp_path / "run",
+                "loss.mode=translation",
+                "data.augmentation.elastic=false",
+                "data.augmentation.rigid_residual_mm=2.0",
+            ),
+        )
+
+
+def test_translators_train_alone_on_aligned_pairs_and_start_a_cocycle_run(pair_csv, tmp_path):
+    run = tmp_path / "translators"
+    settings = _settings(
+        pair_csv,
+        run,
+        "loss.mode=translation",
+        "data.augmentation.elastic=false",
+        f"data.validation={pair_csv}",
+        "optim.lr=2e-3",
+        "train.steps=16",
+        "train.validate_every=8",
+        "train.checkpoint_every=8",
+    )
+    trainer = Trainer(load_config(preset="cpu-small", overrides=settings))
+    registration = {k: v.clone() for k, v in trainer.networks.registration.state_dict().items()}
+    before = trainer.validate()
+    written = trainer.run()
+    assert written == run / "checkpoints" / "best.pt"
+    # R took no step; the translators' error on the aligned pair fell.
+    for name, value in trainer.networks.registration.state_dict().items():
+        assert torch.equal(value, registration[name]), name
+    records = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [8, 16]
+    assert min(r["l1"] for r in records) < 0.8 * before["l1"]
+    assert all(r["misalignment_l1"] > 0 for r in records)
+    assert all(r["l1"] == pytest.approx((r["x2y_l1"] + r["y2x_l1"]) / 2) for r in records)
+    assert "tre" not in records[0] and "dice" not in records[0]
+
+    # A cocycle run starts from the best translators (best.pt) or from every network (last.pt).
+    best = torch.load(written, weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for source, names in (
+        (written, ("translate_x2y", "translate_y2x")),
+        (run / "checkpoints" / "last.pt", ("translate_x2y", "discriminate_y")),
+    ):
+        cocycle = Trainer(
+            load_config(
+                preset="cpu-small",
+                overrides=_settings(
+                    pair_csv,
+                    tmp_path / f"cocycle-{source.stem}",
+                    f"train.init_translation={source}",
+                ),
+            )
+        )
+        for name in names:
+            expected = (
+                best["translators"][name]
+                if source == written
+                else {
+                    key.partition(".")[2]: value
+                    for key, value in last["networks"].items()
+                    if key.startswith(f"{name}.")
+                }
+            )
+            for key, value in getattr(cocycle.networks, name).state_dict().items():
+                assert torch.equal(value, expected[key]), (source.name, name, key)

@@ -202,9 +202,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     config = load_config(args.config, overrides, preset=args.preset)
-    model = train(config, resume=args.resume)
-    if model is not None:
-        print(f"model written to {model}")
+    written = train(config, resume=args.resume)
+    if written is not None and config.loss.mode == "translation":
+        print(
+            f"translators written to {written}; a cocycle run starts from them with "
+            f"train.init_translation={written}"
+        )
+    elif written is not None:
+        print(f"model written to {written}")
     return 0
 
 

@@ -99,9 +99,16 @@ class LossConfig:
     whole-voxel shifts (MIND) or to shift noisy early translations by half a voxel (L1).
     Measured on 4.5 mm validation pairs: MIND of identity vs the true inverse deformation
     0.0427 vs 0.0425 unsmoothed, 0.0317 vs 0.0233 at sigma 1.
+
+    ``mode="translation"`` trains the translators alone, pix2pix-style, on aligned pairs only
+    (``similarity`` weighs ``L1(T_x2y(x), y) + L1(T_y2x(y), x)``, ``gan`` the LSGAN terms; R
+    is not trained): translators that learn from misaligned pairs take on the misalignment,
+    and a later ``cocycle`` run would then follow their geometric errors. The data settings
+    must then misalign nothing (:func:`validate`); ``train.init_translation`` starts a
+    ``cocycle`` run from such translators.
     """
 
-    mode: Literal["cocycle", "sepcycle", "vmind"] = "cocycle"
+    mode: Literal["cocycle", "sepcycle", "vmind", "translation"] = "cocycle"
     similarity: float = 1.0
     gan: float = 1.0
     cycle: float = 1.0
@@ -267,6 +274,11 @@ class TrainConfig:
     ``init_registration``: a model file (``.cocyclereg``) whose R weights start this run
     (fine-tuning, or a curriculum such as ``loss.mode=vmind`` first, then ``cocycle``); its
     architecture must match ``model.registration``.
+
+    ``init_translation``: a checkpoint (``checkpoints/best.pt`` or ``last.pt``) of a
+    ``loss.mode=translation`` run whose translators (and, from ``last.pt``, discriminators)
+    start this run; their architecture must match ``model.generator`` and
+    ``model.discriminator``.
     """
 
     output: str = "runs/cocyclereg"
@@ -282,6 +294,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     num_threads: int = 0
     init_registration: str = ""
+    init_translation: str = ""
 
 
 @dataclass(frozen=True)
@@ -563,6 +576,35 @@ def validate(config: Config) -> None:
     for name in ("undeformed_probability", "flip_probability"):
         if not 0 <= getattr(augmentation, name) <= 1:
             raise ConfigError(f"data.augmentation.{name} must be in [0, 1]")
+    if config.loss.mode == "translation":
+        misaligning = [
+            name
+            for name, value in (
+                ("elastic", augmentation.elastic),
+                ("affine", augmentation.affine),
+                ("rigid_residual_deg", augmentation.rigid_residual_deg),
+                ("rigid_residual_mm", augmentation.rigid_residual_mm),
+            )
+            if value
+        ]
+        if misaligning:
+            raise ConfigError(
+                "loss.mode=translation trains the translators on aligned pairs only, but "
+                + ", ".join(f"data.augmentation.{name}" for name in misaligning)
+                + " would misalign them: set "
+                + " ".join(
+                    f"data.augmentation.{name}={'false' if name in ('elastic', 'affine') else 0}"
+                    for name in misaligning
+                )
+            )
+        if config.loss.deformation > 0:
+            raise ConfigError(
+                "loss.mode=translation has no registration to supervise: set loss.deformation=0"
+            )
+    if config.train.init_translation and config.loss.mode not in ("cocycle", "sepcycle"):
+        raise ConfigError(
+            "train.init_translation starts the translators of a cocycle or sepcycle run"
+        )
     if config.data.synthetic_repeats < 1:
         raise ConfigError("data.synthetic_repeats must be at least 1")
     if not 0 <= config.optim.final_lr_fraction <= 1:

@@ -19,6 +19,8 @@ Terms of the generator/registration objective (``loss.mode``):
 * ``loss.registration_mind > 0`` adds the VMIND similarity below to the translation modes.
 * ``vmind`` (metric-based baseline): R alone, ``MIND(W(x, phi_x2y), y) + MIND(W(y, phi_y2x), x)``
   plus smoothness; no generators or discriminators.
+* ``translation``: the translators alone on aligned pairs, ``L1(T_x2y(x), y) + L1(T_y2x(y), x)``
+  plus the GAN terms; R is not run.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class CoCycleNetworks(nn.Module):
 
     @property
     def uses_translation(self) -> bool:
-        return self.mode in ("cocycle", "sepcycle")
+        return self.mode in ("cocycle", "sepcycle", "translation")
+
+    @property
+    def trains_registration(self) -> bool:
+        return self.mode != "translation"
 
     def generator_parameters(self) -> list[nn.Parameter]:
         if not self.uses_translation:
@@ -184,6 +190,14 @@ class CoCycleObjective:
         end-point error counts when ``loss.deformation_foreground``.
         """
         w = self.weights
+        if w.mode == "translation":
+            assert translations is not None and discriminators is not None
+            terms = {
+                "similarity": self._l1(translations.fake_y, y) + self._l1(translations.fake_x, x),
+                "gan": losses.lsgan_generator(discriminators["discriminate_y"](translations.fake_y))
+                + losses.lsgan_generator(discriminators["discriminate_x"](translations.fake_x)),
+            }
+            return w.similarity * terms["similarity"] + w.gan * terms["gan"], terms
         flow_x2y, flow_y2x = self.modules["registration"](x, y)
         terms: dict[str, torch.Tensor] = {
             "smooth": losses.smoothness(flow_x2y) + losses.smoothness(flow_y2x)

@@ -34,6 +34,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from cocyclereg import __version__, losses
+from cocyclereg.augment import random_elastic_flow
 from cocyclereg.config import Config, ConfigError, Refinement, config_from_dict
 from cocyclereg.data import PairedVolumes, load_cases, load_label_maps
 from cocyclereg.device import resolve_device
@@ -155,6 +156,8 @@ class Trainer:
         self.identity_metrics: dict[str, float] | None = None
         if config.train.init_registration and not resume:
             self._initialise_registration(Path(config.train.init_registration))
+        if config.train.init_translation and not resume:
+            self._initialise_translation(Path(config.train.init_translation))
         if resume:
             self._load_checkpoint(self.checkpoints / "last.pt")
         self.writer = None
@@ -168,6 +171,34 @@ class Trainer:
                 f"train.init_registration {path}: its network does not match "
                 f"model.registration ({error})"
             ) from error
+
+    def _initialise_translation(self, path: Path) -> None:
+        """Translators (and discriminators, where the checkpoint holds them) from a checkpoint
+        of a ``loss.mode=translation`` run: ``best.pt`` (translators) or ``last.pt``."""
+        if not path.is_file():
+            raise ConfigError(f"train.init_translation {path} does not exist")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"train.init_translation {path} is not a checkpoint of this version")
+        if "translators" in state:  # best.pt
+            parts = state["translators"]
+        else:  # last.pt: every network's state in one dictionary
+            parts = {}
+            for key, value in state["networks"].items():
+                name, _, parameter = key.partition(".")
+                parts.setdefault(name, {})[parameter] = value
+        names = ("translate_x2y", "translate_y2x", "discriminate_x", "discriminate_y")
+        if not all(name in parts for name in names[:2]):
+            raise ConfigError(f"train.init_translation {path} holds no translators")
+        for name in names:
+            if name in parts:
+                try:
+                    getattr(self.networks, name).load_state_dict(parts[name])
+                except RuntimeError as error:
+                    raise ConfigError(
+                        f"train.init_translation {path}: its {name} does not match "
+                        f"model.generator/model.discriminator ({error})"
+                    ) from error
 
     # ------------------------------------------------------------------ files
     def _check_output(self, resume: bool) -> None:
@@ -332,7 +363,10 @@ class Trainer:
         finally:
             if self.translation:
                 _set_requires_grad(self.networks.discriminator_parameters(), True)
-        if self.step >= self.config.optim.registration_warmup_steps:
+        if (
+            self.networks.trains_registration
+            and self.step >= self.config.optim.registration_warmup_steps
+        ):
             self.scaler.unscale_(self.optimizer_r)
             self._clip(self.networks.registration.parameters(), self.config.optim.clip_registration)
             self.scaler.step(self.optimizer_r)
@@ -356,6 +390,8 @@ class Trainer:
         of the two heads, which select the best checkpoint. ``identity_*`` keys: the same
         without registration, for reference."""
         assert self.validation_data is not None
+        if not self.networks.trains_registration:
+            return self.validate_translation()
         registration = self.networks.registration.eval()
         nearest = SpatialTransformer("nearest")
         grid = Grid(
@@ -414,6 +450,53 @@ class Trainer:
                     metrics[prefix + name] = float(np.mean(both))
         return metrics
 
+    @torch.no_grad()
+    def validate_translation(self) -> dict[str, float]:
+        """The translators on the (aligned) validation pairs: ``x2y_l1`` = mean
+        ``|T_x2y(x) - y|``, ``y2x_l1`` = mean ``|T_y2x(y) - x|`` over each pair's foreground
+        (either image > 0), ``l1`` their mean (lower is better; it selects ``best.pt``), and
+        ``misalignment_l1``: mean ``|y - W(y, u)|`` over the same voxels for a random elastic
+        field ``u`` of the validation size (``data.augmentation.elastic_control_spacing_mm``,
+        ``elastic_max_displacement_mm``), seeded per pair: the image change a misalignment
+        makes, which a translator's error must stay well below for R to learn from it."""
+        assert self.validation_data is not None
+        modules = [getattr(self.networks, n) for n in ("translate_x2y", "translate_y2x")]
+        for module in modules:
+            module.eval()
+        augmentation = self.config.data.augmentation
+        linear = SpatialTransformer("bilinear")
+        scores: dict[str, list[float]] = {}
+        for index in range(len(self.validation_data)):
+            item = self.validation_data[index]
+            x, y = item["x"][None].to(self.device), item["y"][None].to(self.device)
+            foreground = (x > 0) | (y > 0)
+            if not bool(foreground.any()):
+                continue
+            rng = np.random.default_rng([self.config.train.seed, index, 7])
+            shape = tuple(int(n) for n in y.shape[2:])
+            misalignment = random_elastic_flow(
+                shape,
+                self.config.data.spacing,
+                rng,
+                augmentation.elastic_control_spacing_mm,
+                augmentation.elastic_max_displacement_mm,
+            )
+            field = torch.from_numpy(misalignment)[None].to(self.device, y.dtype)
+            pairs = {
+                "x2y_l1": (modules[0](x), y),
+                "y2x_l1": (modules[1](y), x),
+                "misalignment_l1": (linear(y, field), y),
+            }
+            for name, (prediction, target) in pairs.items():
+                difference = (prediction - target).abs()[foreground]
+                scores.setdefault(name, []).append(float(difference.mean()))
+        for module in modules:
+            module.train()
+        metrics = {name: float(np.mean(values)) for name, values in scores.items()}
+        if "x2y_l1" in metrics:
+            metrics["l1"] = (metrics["x2y_l1"] + metrics["y2x_l1"]) / 2
+        return metrics
+
     # ------------------------------------------------------------------ logging
     def _log_images(self, batch: dict[str, Any]) -> None:
         if self.writer is None:
@@ -438,7 +521,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path | None:
-        """Train until ``train.steps``; export the model; returns its path on rank 0."""
+        """Train until ``train.steps``; export the model; returns its path on rank 0 (for
+        ``loss.mode=translation``, which exports no model, the translators' checkpoint)."""
         train = self.config.train
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -491,6 +575,8 @@ class Trainer:
                 self.writer.close()
         if not self.is_main:
             return None
+        if not self.networks.trains_registration:
+            return self.checkpoints / ("best.pt" if self.best else "last.pt")
         return self.export(
             self.output / "model.cocyclereg", wall_seconds=time.monotonic() - started
         )
@@ -502,12 +588,22 @@ class Trainer:
         score, best_score = _selection_score(metrics), _selection_score(self.best)
         if score > best_score:
             self.best = {"step": self.step, **metrics}
+            weights = (
+                {"registration": self.networks.registration.state_dict()}
+                if self.networks.trains_registration
+                else {
+                    "translators": {
+                        name: getattr(self.networks, name).state_dict()
+                        for name in ("translate_x2y", "translate_y2x")
+                    }
+                }
+            )
             self._save_checkpoint(
                 "best.pt",
                 {
                     "format": CHECKPOINT_FORMAT,
                     "step": self.step,
-                    "registration": self.networks.registration.state_dict(),
+                    **weights,
                     "best": json.dumps(self.best),
                 },
             )
@@ -537,6 +633,8 @@ def _selection_score(metrics: dict[str, Any]) -> tuple[float, float]:
     validation pairs have one, else highest Dice; ties broken by less folding."""
     if not metrics:
         return (-math.inf, -math.inf)
+    if "l1" in metrics:  # translators: lowest error on the aligned validation pairs
+        return (-metrics["l1"], 0.0)
     primary = -metrics["tre"] if "tre" in metrics else metrics.get("dice", -1.0)
     return (primary, -metrics.get("folding_percent", 0.0))
 
@@ -651,7 +749,8 @@ def _plain(value: Any) -> Any:
 
 
 def train(config: Config, resume: bool = False) -> Path | None:
-    """Train a model with ``config``; returns the exported model path (rank 0)."""
+    """Train a model with ``config``; returns the exported model path (rank 0), or for
+    ``loss.mode=translation`` the checkpoint holding the translators."""
     trainer = Trainer(config, resume=resume)
     try:
         return trainer.run()
