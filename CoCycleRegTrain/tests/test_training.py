@@ -400,6 +400,32 @@ def test_the_known_deformation_term_trains_both_heads(pair_csv, tmp_path):
         trainer.objective.generator_loss(x, y, None, None, None)
 
 
+def test_the_squared_end_point_error_squares_each_heads_error(pair_csv, tmp_path):
+    config = load_config(
+        preset="cpu-small",
+        overrides=_settings(
+            pair_csv,
+            tmp_path / "run",
+            "loss.mode=vmind",
+            "loss.deformation=1.0",
+            "loss.deformation_squared=true",
+        ),
+    )
+    trainer = Trainer(config)
+    batch = trainer.batch_for_step(0)
+    _, terms = trainer.objective.generator_loss(
+        batch["x"], batch["y"], None, None, batch["deformation"]
+    )
+    squared_length = batch["deformation"].square().sum(dim=1).mean()
+    # Zero fields: each head's squared error is the deformation's squared length.
+    assert float(terms["deformation_identity"]) == pytest.approx(
+        2 * float(squared_length), rel=1e-5
+    )
+    assert float(terms["deformation_identity"]) > 1.05 * float(
+        2 * batch["deformation"].norm(dim=1).mean() ** 2
+    )  # not the square of the mean error: large motions weigh more
+
+
 def test_end_point_error_follows_each_items_side_and_foreground(pair_csv, tmp_path):
     trainer = Trainer(
         load_config(

@@ -90,7 +90,10 @@ class LossConfig:
     objective is unsupervised; this term makes R learn in hundreds of steps instead of tens of
     thousands, at the price of learning the kind of deformation the augmentation draws.
     ``deformation_foreground`` averages that error over the pair's (dilated) head only, not over
-    the background, where the images say nothing about the motion.
+    the background, where the images say nothing about the motion. ``deformation_squared``
+    averages the squared end-point error instead (voxels squared): the plain error pulls a
+    still-blind R towards zero fields as hard from a small motion as from a large one (its
+    best constant is the median motion), the squared one lets the large motions lead.
 
     ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
     image similarity term (L1 and the registration MIND terms). Every non-integer warp blurs an
@@ -117,6 +120,7 @@ class LossConfig:
     registration_mind: float = 0.0
     deformation: float = 0.0
     deformation_foreground: bool = False
+    deformation_squared: bool = False
     similarity_sigma: float = 0.0
     mind_radius: int = 1
     mind_dilation: int = 2

@@ -133,8 +133,9 @@ class CoCycleObjective:
         deformed: str | Sequence[str] | None,
         foreground: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Mean end-point error (voxels) of both fields against the known misalignment, per
-        item on the side it deformed, over ``foreground`` voxels (all voxels for ``None``)."""
+        """Mean end-point error (voxels; squared with ``loss.deformation_squared``) of both
+        fields against the known misalignment, summed over the two, per item on the side it
+        deformed, over ``foreground`` voxels (all voxels for ``None``)."""
         sides = deformed if deformed is not None else self.deformed
         if sides is None:
             raise ValueError("data.deform is 'random': pass the side each item deformed")
@@ -146,11 +147,17 @@ class CoCycleObjective:
         for index, side in enumerate(sides):
             item = slice(index, index + 1)
             x_deformed = side == "x"
-            error = losses.deformation_residual(
-                flow_x2y[item], deformation[item], "a" if x_deformed else "b", self.warp
-            ).norm(dim=1) + losses.deformation_residual(
-                flow_y2x[item], deformation[item], "b" if x_deformed else "a", self.warp
-            ).norm(dim=1)
+            power = 2 if self.weights.deformation_squared else 1
+            error = (
+                losses.deformation_residual(
+                    flow_x2y[item], deformation[item], "a" if x_deformed else "b", self.warp
+                ).norm(dim=1)
+                ** power
+                + losses.deformation_residual(
+                    flow_y2x[item], deformation[item], "b" if x_deformed else "a", self.warp
+                ).norm(dim=1)
+                ** power
+            )
             if foreground is not None and bool(foreground[item].any()):
                 error = error[foreground[item][:, 0]]
             errors.append(error.mean())
