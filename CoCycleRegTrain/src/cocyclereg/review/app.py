@@ -217,7 +217,8 @@ class ReviewApp(TrameApp):
             density="compact",
             items_per_page=-1,
             hide_default_footer=True,
-            click_row="(event, row) => { picked = [row.item.id] }",
+            # a click anywhere on a row picks it (VDataTable's click:row, not wrapped by trame)
+            raw_attrs=['@click:row="(event, row) => { picked = [row.item.id] }"'],
             classes="review-pairs",
             height=300,
             fixed_header=True,
