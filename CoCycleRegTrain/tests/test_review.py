@@ -308,7 +308,7 @@ def browser_page():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         try:
-            yield browser.new_page(viewport={"width": 1400, "height": 640})
+            yield browser.new_page(viewport={"width": 1400, "height": 720})
         finally:
             browser.close()
 
@@ -385,16 +385,31 @@ def test_page_of_the_demo_draws_the_views_the_jacobian_and_follows_the_opacity(
         assert max(coloured_fraction(v) for v in views) < 0.05  # grey images, thin outlines
         assert "J ≤ 0 in 2 of 524400 voxels" in page.locator(".review-folding").inner_text()
 
+        page.locator(".review-labels").click()
+        page.get_by_role("option", name="tissue").click()
+        outlined = wait_for_views(
+            page,
+            lambda views: all(coloured_fraction(v) > 0.02 for v in views),
+            "the tissue labels' coloured outlines in every view",
+        )
+
         _set_opacity(page, "End")  # the moving image alone
-        opaque = wait_for_views(page, lambda v: changed(views, v), "opacity 1 changes the views")
+        opaque = wait_for_views(page, lambda v: changed(outlined, v), "opacity 1 changes the views")
         _set_opacity(page, "Home")  # the fixed image alone
         wait_for_views(page, lambda v: changed(opaque, v), "opacity 0 changes the views")
         _set_opacity(page, "End")
-        _set_opacity(page, "ArrowLeft")  # 0.95: the Jacobian over the fixed image, mostly opaque
+        for _ in range(10):
+            page.keyboard.press("ArrowLeft")  # 1 - 10 x 0.05: half and half
+        page.locator(".review-labels .mdi-close-circle").click()  # no labels: grey again
+        wait_for_views(
+            page,
+            lambda views: all(coloured_fraction(v) < 0.01 for v in views),
+            "the views without label outlines",
+        )
         page.locator(".review-overlay-jacobian input").check()
         jacobian = wait_for_views(
             page,
-            lambda views: all(coloured_fraction(v) > 0.1 for v in views),
+            lambda views: all(coloured_fraction(v) > 0.06 for v in views),  # 0.12-0.14 seen
             "the Jacobian's colours in every view",
         )
         assert all_drawn(jacobian)
@@ -431,6 +446,14 @@ def test_page_of_a_batch_lists_the_pairs_marks_the_failed_one_and_switches_views
         oblique = wait_for_views(
             page, lambda v: all_drawn(v) and changed(plain, v, 10), "the oblique pair's views"
         )
+        assert max(coloured_fraction(v) for v in oblique) < 0.01  # no labels: grey
+        page.locator(".review-grid input").check()
+        wait_for_views(
+            page,
+            lambda views: all(coloured_fraction(v) > 0.01 for v in views),
+            "the deformed grid's coloured lines in every view",
+        )
+        page.locator(".review-grid input").uncheck()
         page.locator(".review-pairs tr", has_text="broken").click()
         message = page.locator(".review-message")
         message.wait_for()

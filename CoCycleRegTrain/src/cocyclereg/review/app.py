@@ -207,7 +207,7 @@ class ReviewApp(TrameApp):
                     self.layout_manager.initialize_layout_grid(self.ui)
 
     def _pair_table(self) -> None:
-        with v3.VDataTable(
+        with html.Div(style="max-height: 40vh; overflow-y: auto;"), v3.VDataTable(
             headers=("headers", HEADERS),
             items=("rows",),
             item_value="id",
@@ -220,8 +220,6 @@ class ReviewApp(TrameApp):
             # a click anywhere on a row picks it (VDataTable's click:row, not wrapped by trame)
             raw_attrs=['@click:row="(event, row) => { picked = [row.item.id] }"'],
             classes="review-pairs",
-            height=300,
-            fixed_header=True,
         ):
             with v3.Template(raw_attrs=['v-slot:item.status="{ item }"']):
                 html.Span(
@@ -269,7 +267,7 @@ class ReviewApp(TrameApp):
             density="compact",
             hide_details=True,
             v_show="labelmaps.length",
-            classes="mt-3",
+            classes="mt-3 review-labels",
         )
         v3.VCheckbox(
             v_model=("grid",),
@@ -277,4 +275,5 @@ class ReviewApp(TrameApp):
             density="compact",
             hide_details=True,
             v_show="has_grid",
+            classes="review-grid",
         )
