@@ -207,19 +207,22 @@ class ReviewApp(TrameApp):
                     self.layout_manager.initialize_layout_grid(self.ui)
 
     def _pair_table(self) -> None:
-        with html.Div(style="max-height: 40vh; overflow-y: auto;"), v3.VDataTable(
-            headers=("headers", HEADERS),
-            items=("rows",),
-            item_value="id",
-            v_model=("picked",),
-            show_select=True,
-            select_strategy="single",
-            density="compact",
-            items_per_page=-1,
-            hide_default_footer=True,
-            # a click anywhere on a row picks it (VDataTable's click:row, not wrapped by trame)
-            raw_attrs=['@click:row="(event, row) => { picked = [row.item.id] }"'],
-            classes="review-pairs",
+        with (
+            html.Div(style="max-height: 40vh; overflow-y: auto;"),
+            v3.VDataTable(
+                headers=("headers", HEADERS),
+                items=("rows",),
+                item_value="id",
+                v_model=("picked",),
+                show_select=True,
+                select_strategy="single",
+                density="compact",
+                items_per_page=-1,
+                hide_default_footer=True,
+                # a click on a row picks it (click:row: an event trame does not wrap)
+                raw_attrs=['@click:row="(event, row) => { picked = [row.item.id] }"'],
+                classes="review-pairs",
+            ),
         ):
             with v3.Template(raw_attrs=['v-slot:item.status="{ item }"']):
                 html.Span(
