@@ -266,6 +266,29 @@ def test_the_scene_shows_the_moving_image_where_the_package_warped_it(batch_outp
     assert np.median(untransformed) > 10 * max(np.median(difference), 0.5)
 
 
+def test_without_the_moving_image_the_scene_shows_the_packages_warped_image(batch_output, tmp_path):
+    _require("slicer")
+    import slicer
+
+    from cocyclereg.review.scene import load_pair
+
+    folder = tmp_path / "copied"
+    shutil.copytree(batch_output / "plain", folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["moving"] = str(tmp_path / "elsewhere" / "moving_t1.nii.gz")
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (pair,) = read_result_folder(folder)
+    assert pair.files.moving is None and pair.files.warped == folder / "warped_t1.nii.gz"
+    nodes = load_pair(slicer.vtkMRMLScene(), pair.files, pair.id)
+    assert nodes.moving_is_warped and nodes.moving.GetParentTransformNode() is None
+    warped_image = sitk.ReadImage(str(pair.files.warped))
+    warped = sitk.GetArrayFromImage(warped_image)
+    everywhere = np.argwhere(np.ones_like(warped, dtype=bool))[::97]
+    shown = _values_at(nodes.moving, _physical_points_ras(warped_image, everywhere))
+    np.testing.assert_array_equal(shown, warped[tuple(everywhere.T)])
+    assert set(nodes.labels) == {"tumor", "tissue"} and nodes.jacobian is not None
+
+
 # -- the page in a browser -------------------------------------------------------------------
 
 

@@ -69,6 +69,9 @@ def add_review_command(commands) -> argparse.ArgumentParser:
 def check_port_free(host: str, port: int) -> None:
     """Raise :class:`InputError` when ``port`` cannot be listened on at ``host``."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the server binds (aiohttp): a port left in TIME_WAIT by a stopped page is free,
+        # one another program listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
