@@ -259,7 +259,7 @@ def test_the_scene_shows_the_moving_image_where_the_package_warped_it(batch_outp
         return _values_at(logic.ResampleVolumeToReferenceVolume(nodes.moving, nodes.fixed), points)
 
     difference = np.abs(resampled_by_slicer() - expected)
-    assert difference.max() <= 1.0, np.percentile(difference, [50, 99, 100])
+    assert difference.max() <= 0.6, np.percentile(difference, [50, 99, 100])  # rounding: 0.5
 
     nodes.moving.SetAndObserveTransformNodeID(None)
     untransformed = np.abs(resampled_by_slicer() - expected)
@@ -420,6 +420,13 @@ def test_page_of_the_demo_draws_the_views_the_jacobian_and_follows_the_opacity(
         opaque = wait_for_views(page, lambda v: changed(outlined, v), "opacity 1 changes the views")
         _set_opacity(page, "Home")  # the fixed image alone
         wait_for_views(page, lambda v: changed(opaque, v), "opacity 0 changes the views")
+        # Flicker: the views swap between the fixed image alone and the moving image alone.
+        flicker = page.locator(".review-flicker input")
+        flicker.check()
+        seen = [wait_for_views(page, lambda v: changed(outlined, v), "flicker started")]
+        seen.append(wait_for_views(page, lambda v: changed(seen[0], v), "flicker swapped"))
+        wait_for_views(page, lambda v: similar(seen[0], v), "flicker swapped back")
+        flicker.uncheck()  # back to opacity 0 (set before)
         _set_opacity(page, "End")
         for _ in range(10):
             page.keyboard.press("ArrowLeft")  # 1 - 10 x 0.05: half and half

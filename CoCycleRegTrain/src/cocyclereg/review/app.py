@@ -4,19 +4,22 @@ Left, the pair list (id, status, folded voxels in %, mean Dice per labelmap; sor
 pairs in red with their error) and the display controls; right, the chosen pair's axial,
 coronal and sagittal slice views, rendered by Slicer's slice logic on the server and streamed
 to the page. The fixed image is the background layer; the foreground layer is the moving image
-under its grid transform (Slicer resamples it through the transform as it draws) or the
+under its grid transform (Slicer resamples it through the transform as it draws; its opacity
+set by a slider, or flickering between fixed and moving) or the
 Jacobian determinant in a diverging colour map with Slicer's colour legend; the label layer
 shows a warped labelmap as outlines; the transform's own 2D display draws the deformed grid.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 from trame.app import TrameApp
 from trame.decorators import change
 from trame_client.widgets import html
+from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
@@ -34,6 +37,7 @@ from cocyclereg.review.scene import (
 )
 
 LAYOUT_ID = "review"
+FLICKER_SECONDS = 0.8  # how long the fixed and the moving image are each shown when flickering
 OVERLAYS = {"moving": "warped moving image", "jacobian": "Jacobian determinant"}
 HEADERS = [
     {"title": "pair", "key": "id", "sortable": True},
@@ -87,6 +91,7 @@ class ReviewApp(TrameApp):
         self.layout_manager.register_layout(LAYOUT_ID, Layout(LayoutDirection.Horizontal, views))
         self.layout_manager.set_layout(LAYOUT_ID)
         self.nodes: PairNodes | None = None
+        self._flickering = None  # the task swapping the images while "flicker" is on
         self.state.update(
             {
                 "rows": [_row(pair) for pair in pairs],
@@ -96,6 +101,7 @@ class ReviewApp(TrameApp):
                 "labelmap": None,
                 "labelmaps": [],
                 "grid": False,
+                "flicker": False,
                 "has_grid": False,
                 "message": "",
                 "folding": "",
@@ -183,6 +189,25 @@ class ReviewApp(TrameApp):
         if nodes is not None and nodes.transform is not None:
             self._show_grid(nodes.transform, bool(self.state.grid))
 
+    @change("flicker")
+    def _on_flicker(self, flicker, **_):
+        if flicker and self._flickering is None:
+            self._flickering = create_task(self._flicker())
+
+    async def _flicker(self) -> None:
+        """Show the fixed image alone, then the moving image alone, each for
+        ``FLICKER_SECONDS``, until "flicker" is off; then the opacity set before."""
+        opacity = self.state.opacity
+        try:
+            while self.state.flicker:
+                with self.state:
+                    self.state.opacity = 1.0 if self.state.opacity < 0.5 else 0.0
+                await asyncio.sleep(FLICKER_SECONDS)
+        finally:
+            self._flickering = None
+            with self.state:
+                self.state.opacity = opacity
+
     @staticmethod
     def _show_grid(transform, visible: bool) -> None:
         """The transform's deformed grid in the slice views (Slicer's transform display)."""
@@ -253,6 +278,14 @@ class ReviewApp(TrameApp):
             hide_details=True,
             thumb_label=True,
             classes="review-opacity mt-2",
+        )
+        v3.VCheckbox(
+            v_model=("flicker",),
+            label="flicker: fixed, moving, fixed...",
+            density="compact",
+            hide_details=True,
+            v_show="overlay === 'moving'",
+            classes="review-flicker",
         )
         with html.Div(v_show="overlay === 'jacobian'", classes="review-colorbar my-2"):
             html.Div(style=f"height: 14px; background: {jacobian_gradient_css()};")

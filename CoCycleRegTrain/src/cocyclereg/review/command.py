@@ -19,9 +19,9 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 DESCRIPTION = """\
 Look at registration results in a web browser, on 3D Slicer's own slice views (trame-slicer):
 the pair list (status, folded voxels, Dice; failed pairs marked), and for the chosen pair the
-fixed image with the moving image over it through its transform (opacity slider), the Jacobian
-determinant with its colour bar and folded-voxel count, the warped labels as outlines and the
-deformed grid.
+fixed image with the moving image over it through its transform (opacity slider, flicker), the
+Jacobian determinant with its colour bar and folded-voxel count, the warped labels as outlines
+and the deformed grid.
 
 PATH is the output folder of `cocyclereg demo`, of `cocyclereg register --summary` (its
 summary.json beside the outputs) or of `cocyclereg batch` (results.csv and one folder per
