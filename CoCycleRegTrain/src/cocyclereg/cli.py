@@ -121,11 +121,11 @@ def register_keywords(args: argparse.Namespace) -> dict:
 def _output_names(args: argparse.Namespace) -> dict:
     """The summary's record of the outputs written (absolute paths), for ``cocyclereg
     review``; warped labelmaps by their input's name (:func:`cocyclereg.manifest.label_name`)."""
+    from cocyclereg.manifest import label_name
+
     names = {"transform": args.transform, "inverse_transform": args.inverse_transform}
     names |= {"warped": args.warped, "jacobian": args.jacobian}
     record = {key: str(Path(path).resolve()) for key, path in names.items() if path}
-    from cocyclereg.manifest import label_name
-
     labels = zip(args.labels or [], args.warped_labels or [], strict=True)
     record["warped_labels"] = {
         label_name(Path(label)): str(Path(warped).resolve()) for label, warped in labels
