@@ -124,10 +124,7 @@ class ReviewApp(TrameApp):
             self.nodes = None
         self.state.update({"labelmaps": [], "labelmap": None, "has_grid": False, "folding": ""})
         if pair is None or not pair.viewable:
-            reason = f": {pair.error}" if pair is not None and pair.error else ""
-            self.state.message = (
-                f"{pair.id} is {pair.status}{reason}; nothing to show." if pair else ""
-            )
+            self.state.message = self._why_not_shown(pair)
             self._show_layers()
             return
         try:
@@ -156,6 +153,15 @@ class ReviewApp(TrameApp):
         )
         self._show_layers()
         self.slicer.display_manager.reset_views()
+
+    @staticmethod
+    def _why_not_shown(pair: ReviewPair | None) -> str:
+        if pair is None:
+            return ""
+        if pair.files is not None:  # complete, but its fixed image is gone
+            return f"{pair.id}: the fixed image its summary names is not found; nothing to show."
+        reason = f": {pair.error}" if pair.error else ""
+        return f"{pair.id} is {pair.status}{reason}; nothing to show."
 
     def _folding_text(self) -> str:
         """The folded voxels of the Jacobian as Slicer read it from the file."""
