@@ -386,6 +386,11 @@ def changed(before, after, grey_levels: float = 3.0) -> bool:
     return all(np.abs(a - b).mean() > grey_levels for a, b in zip(before, after, strict=True))
 
 
+def distance(before, after) -> float:
+    """The mean absolute difference of the views' pixels (grey levels)."""
+    return float(np.mean([np.abs(a - b).mean() for a, b in zip(before, after, strict=True)]))
+
+
 def similar(before, after, grey_levels: float = 3.0) -> bool:
     return all(np.abs(a - b).mean() < grey_levels for a, b in zip(before, after, strict=True))
 
@@ -419,14 +424,25 @@ def test_page_of_the_demo_draws_the_views_the_jacobian_and_follows_the_opacity(
         _set_opacity(page, "End")  # the moving image alone
         opaque = wait_for_views(page, lambda v: changed(outlined, v), "opacity 1 changes the views")
         _set_opacity(page, "Home")  # the fixed image alone
-        wait_for_views(page, lambda v: changed(opaque, v), "opacity 0 changes the views")
+        fixed = wait_for_views(page, lambda v: changed(opaque, v), "opacity 0 changes the views")
         # Flicker: the views swap between the fixed image alone and the moving image alone.
         flicker = page.locator(".review-flicker input")
         flicker.check()
-        seen = [wait_for_views(page, lambda v: changed(outlined, v), "flicker started")]
-        seen.append(wait_for_views(page, lambda v: changed(seen[0], v), "flicker swapped"))
-        wait_for_views(page, lambda v: similar(seen[0], v), "flicker swapped back")
-        flicker.uncheck()  # back to opacity 0 (set before)
+        seen = set()
+
+        def both_seen(views) -> bool:
+            to_fixed, to_moving = distance(fixed, views), distance(opaque, views)
+            if to_fixed < to_moving / 2:
+                seen.add("fixed")
+            if to_moving < to_fixed / 2:
+                seen.add("moving")
+            return seen == {"fixed", "moving"}
+
+        wait_for_views(page, both_seen, "flicker: the fixed image alone, then the moving alone")
+        flicker.uncheck()
+        # The slider's opacity again: 0, the fixed image alone (stays so for a few swaps).
+        page.wait_for_timeout(2000)
+        wait_for_views(page, lambda v: similar(fixed, v), "flicker off: opacity 0 again")
         _set_opacity(page, "End")
         for _ in range(10):
             page.keyboard.press("ArrowLeft")  # 1 - 10 x 0.05: half and half

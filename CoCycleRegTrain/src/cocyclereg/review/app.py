@@ -113,9 +113,6 @@ class ReviewApp(TrameApp):
 
     # -- showing a pair ------------------------------------------------------------------
 
-    def slice_views(self):
-        return self.slicer.view_manager.get_slice_views()
-
     @change("picked")
     def _on_pick(self, picked, **_):
         pair = self.pairs.get(picked[0]) if picked else None
@@ -181,38 +178,46 @@ class ReviewApp(TrameApp):
         if nodes is not None:
             overlay = nodes.jacobian if self.state.overlay == "jacobian" else nodes.moving
         labels = nodes.labels.get(self.state.labelmap) if nodes is not None else None
-        for view in self.slice_views():
-            slice_node = view.get_view_node()
-            composite = self.slicer.app_logic.GetSliceLogic(slice_node).GetSliceCompositeNode()
+        for view, composite in self._composite_nodes():
             composite.SetBackgroundVolumeID(nodes.fixed.GetID() if nodes else None)
             composite.SetForegroundVolumeID(overlay.GetID() if overlay is not None else None)
             composite.SetForegroundOpacity(float(self.state.opacity))
             composite.SetLabelVolumeID(labels.GetID() if labels is not None else None)
-            slice_node.SetUseLabelOutline(True)
+            view.get_view_node().SetUseLabelOutline(True)
             view.schedule_render()
         if nodes is not None and nodes.jacobian_legend is not None:
             nodes.jacobian_legend.SetVisibility(self.state.overlay == "jacobian")
         if nodes is not None and nodes.transform is not None:
             self._show_grid(nodes.transform, bool(self.state.grid))
 
+    def _composite_nodes(self):
+        """The slice composite node of each view (its layers and foreground opacity)."""
+        for view in self.slicer.view_manager.get_slice_views():
+            slice_node = view.get_view_node()
+            yield view, self.slicer.app_logic.GetSliceLogic(slice_node).GetSliceCompositeNode()
+
     @change("flicker")
     def _on_flicker(self, flicker, **_):
+        """Start swapping the images; when switched off, stop at once and show the opacity
+        of the slider again. The slider's value is never changed: a value sent to the page
+        while the user moves the slider could come back late and undo a newer one."""
         if flicker and self._flickering is None:
             self._flickering = create_task(self._flicker())
+        elif not flicker and self._flickering is not None:
+            self._flickering.cancel()
+            self._flickering = None
+            self._show_layers()
 
     async def _flicker(self) -> None:
         """Show the fixed image alone, then the moving image alone, each for
-        ``FLICKER_SECONDS``, until "flicker" is off; then the opacity set before."""
-        opacity = self.state.opacity
-        try:
-            while self.state.flicker:
-                with self.state:
-                    self.state.opacity = 1.0 if self.state.opacity < 0.5 else 0.0
-                await asyncio.sleep(FLICKER_SECONDS)
-        finally:
-            self._flickering = None
-            with self.state:
-                self.state.opacity = opacity
+        ``FLICKER_SECONDS``, until cancelled."""
+        opacity = 0.0
+        while True:
+            for view, composite in self._composite_nodes():
+                composite.SetForegroundOpacity(opacity)
+                view.schedule_render()
+            opacity = 1.0 - opacity
+            await asyncio.sleep(FLICKER_SECONDS)
 
     @staticmethod
     def _show_grid(transform, visible: bool) -> None:
