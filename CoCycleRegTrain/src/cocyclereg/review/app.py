@@ -198,9 +198,8 @@ class ReviewApp(TrameApp):
 
     @change("flicker")
     def _on_flicker(self, flicker, **_):
-        """Start swapping the images; when switched off, stop at once and show the opacity
-        of the slider again. The slider's value is never changed: a value sent to the page
-        while the user moves the slider could come back late and undo a newer one."""
+        """Start swapping the images; when switched off, stop at once and show the slider's
+        opacity again (the swaps set the views' opacity, never the slider's value)."""
         if flicker and self._flickering is None:
             self._flickering = create_task(self._flicker())
         elif not flicker and self._flickering is not None:
