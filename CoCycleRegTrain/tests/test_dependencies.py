@@ -1,6 +1,6 @@
 """The dependency split: what the Slicer module installs (the core requirements) is enough
-for ``cocyclereg register``; training and plotting packages are extras, imported only by the
-commands that use them.
+for ``cocyclereg register``; training, plotting and review packages are extras, imported only
+by the commands that use them.
 
 The proof runs the real command on the bundled pair in a fresh interpreter in which the
 extras' packages are absent (``sys.modules[name] = None``: any import of them fails).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ import cocyclereg
 from cocyclereg.resources import demo_dir
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-EXTRAS_ONLY = ("tensorboard", "matplotlib")
+EXTRAS_ONLY = ("tensorboard", "matplotlib", "trame", "trame_slicer", "playwright")
 
 BLOCKER = """
 import json, os, sys
@@ -73,6 +74,7 @@ def test_training_and_plotting_packages_are_extras():
     assert {"tensorboard", "matplotlib"} <= requirement_names(extras["train"])
     assert requirement_names(extras["plot"]) == {"matplotlib"}
     assert "cocyclereg[train]" in extras["test"]  # the tests need everything
+    assert {"trame-slicer", "playwright"} <= requirement_names(extras["review"])
 
 
 def test_register_runs_without_the_extras(tmp_path):
@@ -98,3 +100,17 @@ def test_the_demo_says_what_to_install_for_its_figure(tmp_path):
     assert result.returncode != 0
     assert "pip install 'cocyclereg[plot]'" in result.stderr and "--no-figure" in result.stderr
     assert not (tmp_path / "demo").exists()  # stopped before any work
+
+
+def test_review_says_what_to_install_for_the_page(tmp_path):
+    folder = tmp_path / "result"
+    folder.mkdir()
+    summary = {"fixed": str(demo_dir() / "fixed_t2.nii.gz")}  # enough to be a result folder
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with socket.socket() as probe:  # a free port: the command checks it before the import
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result, loaded = run_without_extras(["review", folder, "--port", port], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert 'pip install "cocyclereg[review]"' in result.stderr
+    assert loaded == [], loaded

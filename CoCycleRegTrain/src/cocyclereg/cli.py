@@ -20,6 +20,7 @@ from cocyclereg.io import atomic_output, read_image, read_labels, write_image
 from cocyclereg.jacobian import folding_stats, jacobian_determinant
 from cocyclereg.outputs import registration_summary, write_registration_outputs
 from cocyclereg.resample import resample_to_grid
+from cocyclereg.review.command import add_review_command
 
 DESCRIPTION = """\
 CoCycleReg: multi-modal deformable registration of two images of the same subject (T1<->T2
@@ -117,6 +118,21 @@ def register_keywords(args: argparse.Namespace) -> dict:
     }
 
 
+def _output_names(args: argparse.Namespace) -> dict:
+    """The summary's record of the outputs written (absolute paths), for ``cocyclereg
+    review``; warped labelmaps by their input's name (:func:`cocyclereg.manifest.label_name`)."""
+    from cocyclereg.manifest import label_name
+
+    names = {"transform": args.transform, "inverse_transform": args.inverse_transform}
+    names |= {"warped": args.warped, "jacobian": args.jacobian}
+    record = {key: str(Path(path).resolve()) for key, path in names.items() if path}
+    labels = zip(args.labels or [], args.warped_labels or [], strict=True)
+    record["warped_labels"] = {
+        label_name(Path(label)): str(Path(warped).resolve()) for label, warped in labels
+    }
+    return record
+
+
 def _register(args: argparse.Namespace) -> int:
     from cocyclereg.errors import InputError
     from cocyclereg.outputs import check_output_paths
@@ -144,6 +160,7 @@ def _register(args: argparse.Namespace) -> int:
         **register_keywords(args),
     )
     summary = registration_summary(result, args.fixed, args.moving, model)
+    summary["outputs"] = _output_names(args)
     write_registration_outputs(
         result,
         args.transform,
@@ -655,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=_export)
     add_batch_command(commands)
+    add_review_command(commands)
     return parser
 
 
