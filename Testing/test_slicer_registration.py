@@ -23,9 +23,9 @@ from CoCycleRegLib.pipeline import (
 from CoCycleRegLib.process import RegistrationProcess
 
 from cocyclereg.cli import main as cocyclereg_main
-from cocyclereg.displacement import displacement_transform, read_displacement_field
-from cocyclereg.grid import Grid
-from cocyclereg.resample import resample_to_grid
+from cocyclereg.geometry.displacement import displacement_transform, read_displacement_field
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import resample_to_grid
 
 LABELS = (1, 2, 3)
 

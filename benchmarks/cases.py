@@ -2,7 +2,7 @@
 
 A case is the CoCycleReg paper's construction of its T1–T2 set: take two co-registered
 modalities of one subject, deform one of them (image and labels) with a seeded random smooth
-elastic field (:func:`cocyclereg.augment.random_elastic_flow`: random displacements on a
+elastic field (:func:`cocyclereg.learning.augment.random_elastic_flow`: random displacements on a
 control grid at most ``control_spacing_mm`` apart, cubic-spline upsampled, Gaussian-smoothed,
 largest displacement a random 50–100 % of ``max_displacement_mm``, no folding) and register the
 deformed one (moving) back onto the other (fixed).
@@ -21,7 +21,7 @@ Case sets (``kind``):
 * ``t1t2``: one subject of ``brain-t1t2`` (default the held-out TCGA-DU-7294, 240×240×155, 1 mm).
   Both directions: deformed T1 -> T2 and deformed T2 -> T1, ``deformations`` seeded fields each.
   Tissue labels (1 CSF, 2 grey, 3 white) come from the *undeformed* T1 alone, computed once:
-  :func:`cocyclereg.tissue.tissue_from_t1`, a deterministic three-class k-means of T1
+  :func:`cocyclereg.evaluation.tissue.tissue_from_t1`, a deterministic three-class k-means of T1
   intensities inside the skull-stripped brain (voxels > 0), classes ordered by mean intensity.
   They are independent of every registration method. Tumour labels are ``tumor.nii.gz``
   (automatic BraTS fusion, sub-regions 1–2). Both label maps are deformed with the image.
@@ -29,9 +29,9 @@ Case sets (``kind``):
   Clinical-toolbox CT with skull (``clinical-ct/scct.nii``) against the SPM12 T1 and T2
   (``spm12/T1.nii``, ``spm12/T2.nii``, also with skull). Four directions: CT -> T1, T1 -> CT,
   CT -> T2, T2 -> CT. Tissue labels = argmax of SPM12 grey/white/csf probability maps where their
-  sum exceeds 0.5 (:func:`cocyclereg.tissue.tissue_from_probabilities`), one labelmap for all
-  three images since they share one space (the Clinical-toolbox ``scgrey/scwhite/sccsf`` maps lie
-  on the same grid too; using one source keeps fixed and moving labels of the same anatomy). No
+  sum exceeds 0.5 (:func:`cocyclereg.evaluation.tissue.tissue_from_probabilities`), one labelmap for
+  all three images since they share one space (the Clinical-toolbox ``scgrey/scwhite/sccsf`` maps
+  lie on the same grid too; using one source keeps fixed and moving labels of the same anatomy). No
   tumour labels. These templates are also in the CT–MRI training list: only the deformations
   are new, the anatomy is not held out.
 
@@ -59,18 +59,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from cocyclereg.augment import appearance_jitter, random_elastic_flow
-from cocyclereg.displacement import (
+from cocyclereg.evaluation.tissue import tissue_from_probabilities, tissue_from_t1
+from cocyclereg.geometry.displacement import (
     displacement_field_image,
     displacement_transform,
     voxel_flow_to_displacement_mm,
 )
-from cocyclereg.grid import Grid
-from cocyclereg.inverse import inverse_flow
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.inverse import inverse_flow
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
 from cocyclereg.io import read_image, read_labels, write_image
-from cocyclereg.resample import resample_to_grid
-from cocyclereg.spatial_transformer import SpatialTransformer
-from cocyclereg.tissue import tissue_from_probabilities, tissue_from_t1
+from cocyclereg.learning.augment import appearance_jitter, random_elastic_flow
 
 INVERSION_ITERATIONS = 40
 APPEARANCES = ("as-is", "new-scanner")
@@ -327,7 +327,7 @@ def _build_case(
 def new_scanner_appearance(image: sitk.Image, rng: np.random.Generator) -> sitk.Image:
     """``image`` as another scanner might show it (see the module docstring): float32, same
     grid. Intensities are scaled by the 99.9th percentile of the voxels above the minimum,
-    changed by :func:`cocyclereg.augment.appearance_jitter` (bias up to ±35 %, gamma
+    changed by :func:`cocyclereg.learning.augment.appearance_jitter` (bias up to ±35 %, gamma
     0.7–1.4, noise 1.5 %), then mapped to a new range ``a * value + b``."""
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     low = float(array.min())

@@ -8,16 +8,16 @@ What it does, in order:
    subject (default the held-out TCGA-DU-7294, 240x240x155 at 1 mm; ``--subjects A,B,C`` for
    several, e.g. the development subjects TCGA-FG-6692, stroke (124x160x140) and
    BraTS-GLI-00001-000, the last two without tumour labels) with a seeded random elastic
-   field (``cocyclereg.augment``, 5-10 mm at most, no folding) and registers it back onto the
-   other modality, both directions (``--directions "t2->t1"`` for one); ``--cases ct-mri`` does
+   field (``cocyclereg.learning.augment``, 5-10 mm at most, no folding) and registers it back onto
+   the other modality, both directions (``--directions "t2->t1"`` for one); ``--cases ct-mri`` does
    the same with the 2 mm MNI CT and SPM12 T1/T2 templates.
 2. Registers every case with every method, each end to end in its own process (files in ->
    transform, warped image and warped labels written), on ``--threads`` threads
    (``OMP_NUM_THREADS``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` and ITK's global default):
 
    * ``cocyclereg``: the ``cocyclereg register`` command line (Python start-up, imports and
-     loading the compiled kernels of ``cocyclereg.kernels``, model load, rigid pre-alignment,
-     network, the model's recommended refinement, outputs), with
+     loading the compiled kernels of ``cocyclereg.geometry.kernels``, model load, rigid
+     pre-alignment, network, the model's recommended refinement, outputs), with
      ``--summary`` for its stage times; its peak memory is the process's maximum resident set
      size (``wait4``).
    * ``cocyclereg-coarse``: the same with ``--fine-steps 0``: the refinement on the model's
@@ -64,14 +64,14 @@ What it does, in order:
 3. Evaluates every method through one code path: its transform (a displacement field on the
    fixed grid, fixed points -> moving points) warps the moving tissue and tumour labels
    (nearest neighbour) -> Dice per label and mean, HD95 (mm), percent of fixed-grid voxels with
-   ``det(I + grad u) <= 0`` (``cocyclereg.jacobian``), and target registration error: the
+   ``det(I + grad u) <= 0`` (``cocyclereg.geometry.jacobian``), and target registration error: the
    distance in mm between the method's and the ground truth's mapped point at every fixed brain
    voxel (tissue label > 0): mean, median, 95th percentile.
    With ``--repeats N`` every method registers each case N times (each a new process) and the
    run with the median load-to-written time stands for it (its seconds, stages and memory);
    accuracy comes from the last run (the same outputs up to ITK's threaded MI, see
-   ``cocyclereg.register.affine_prealignment``). A three-second process on this machine varies by
-   about 10 % between runs; a minute-long one by about 3 %.
+   ``cocyclereg.inference.register.affine_prealignment``). A three-second process on this machine
+   varies by about 10 % between runs; a minute-long one by about 3 %.
 4. Prints Markdown tables (all cases, per direction, per subject) with each method's seconds
    per pair and the reference's time divided by it (``elastix-tuned`` when it ran, else
    ``elastix``; and ``ants-tuned``'s for whole processes); every timed method's stage times
@@ -511,18 +511,18 @@ def evaluate_case(case, transform_path: str | None) -> dict:
     """Dice/HD95 of tissue and tumour labels, folding and TRE of one transform on one case."""
     import SimpleITK as sitk
 
-    from cocyclereg.displacement import (
+    from cocyclereg.evaluation.metrics import dice, hd95
+    from cocyclereg.geometry.displacement import (
         displacement_array,
         displacement_field_image,
         displacement_transform,
         read_displacement_field,
         transform_to_displacement_field,
     )
-    from cocyclereg.grid import Grid
+    from cocyclereg.geometry.grid import Grid
+    from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant_array
+    from cocyclereg.geometry.resample import resample_to_grid
     from cocyclereg.io import read_labels
-    from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
-    from cocyclereg.metrics import dice, hd95
-    from cocyclereg.resample import resample_to_grid
 
     fixed_tissue = read_labels(case.fixed_tissue)
     grid = Grid.from_image(fixed_tissue)

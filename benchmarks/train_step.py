@@ -43,7 +43,7 @@ def measure(arguments: argparse.Namespace, overrides: list[str]) -> dict:
     import torch
 
     from cocyclereg.config import load_config
-    from cocyclereg.training import Trainer
+    from cocyclereg.learning.training import Trainer
 
     folder = Path(arguments.data) / "brain-t1t2" / "TCGA-FG-6692"
     with tempfile.TemporaryDirectory() as scratch:

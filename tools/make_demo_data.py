@@ -16,14 +16,14 @@ The output (default: the package's ``src/cocyclereg/resources/demo``) holds one 
 How it is made (every random number comes from ``--seed``):
 
 1. Read t1, t2 and tumor (240x240x155, 1 mm, co-registered, skull-stripped).
-2. Tissue labels: :func:`cocyclereg.tissue.tissue_from_t1` on the undeformed 1 mm T1, a
+2. Tissue labels: :func:`cocyclereg.evaluation.tissue.tissue_from_t1` on the undeformed 1 mm T1, a
    three-class k-means of the T1 intensities inside the brain (voxels > 0), started from the
    10th, 50th and 90th percentiles and ordered by mean intensity (darkest CSF, then grey, then
    white). The tumour falls into whichever class its T1 intensity is nearest: these are
    reproducible anatomical regions for measuring alignment, not a segmentation.
 3. The demo grid: 2 mm voxels, axis-aligned like the source, covering the bounding box of the
    head (T1 or T2 > 0) plus a ``--margin`` (mm) on every side so the moved head stays inside.
-4. The known warp, on that grid: a random elastic field (:func:`cocyclereg.augment.
+4. The known warp, on that grid: a random elastic field (:func:`cocyclereg.learning.augment.
    random_elastic_flow`, control points 40 mm apart, largest displacement at most
    ``--max-elastic`` mm, free of folding) composed with a random rigid motion about the grid
    centre (rotations up to ``--rotation`` degrees about each axis, shifts up to
@@ -48,16 +48,16 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from cocyclereg.augment import affine_flow, compose_flows, random_elastic_flow
-from cocyclereg.displacement import (
+from cocyclereg.evaluation.tissue import tissue_from_t1
+from cocyclereg.geometry.displacement import (
     displacement_field_image,
     displacement_transform,
     voxel_flow_to_displacement_mm,
 )
-from cocyclereg.grid import Grid
-from cocyclereg.jacobian import folding_stats, jacobian_determinant
-from cocyclereg.resample import resample_to_grid
-from cocyclereg.tissue import tissue_from_t1
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.learning.augment import affine_flow, compose_flows, random_elastic_flow
 
 SUBJECT = "TCGA-DU-7294"
 SPACING_MM = 2.0
@@ -102,11 +102,11 @@ TCGA-DU-7294 is the held-out test subject of the bundled models: none of them wa
 
 `python tools/make_demo_data.py --seed {seed}` (in the repository) made these files from
 `../shared/data/brain-t1t2/{subject}`. In short: tissue labels by a three-class k-means of the
-undeformed 1 mm T1 inside the brain (`cocyclereg.tissue.tissue_from_t1`); a 2 mm grid over the
-head plus {margin:g} mm; the moving T1 and its labels resampled through a random elastic field
-(largest displacement {elastic:.1f} mm, smallest Jacobian determinant {min_jacobian:.2f}) composed
-with a rigid motion (rotation {rotation} degrees, shift {translation} mm); the fixed T2 and its
-labels resampled without deformation. The script's docstring gives every step.
+undeformed 1 mm T1 inside the brain (`cocyclereg.evaluation.tissue.tissue_from_t1`); a 2 mm grid
+over the head plus {margin:g} mm; the moving T1 and its labels resampled through a random elastic
+field (largest displacement {elastic:.1f} mm, smallest Jacobian determinant {min_jacobian:.2f})
+composed with a rigid motion (rotation {rotation} degrees, shift {translation} mm); the fixed T2 and
+its labels resampled without deformation. The script's docstring gives every step.
 """
 
 

@@ -10,7 +10,7 @@ Writes, beside the CSV files, the labelmaps and skull-stripped template copies t
 
 * ``t1t2-train.csv``: the SPM12 T1/T2 and avg152 T1/T2 template pairs, whole-head and
   skull-stripped (brain = grey + white + CSF probability > 0.5), with their tissue labels
-  (1 CSF, 2 grey, 3 white; see cocyclereg.tissue).
+  (1 CSF, 2 grey, 3 white; see cocyclereg.evaluation.tissue).
 * ``t1t2-validation.csv``: the development subjects, T1/T2 with k-means tissue labels of the T1.
 * ``synthetic.csv``: label maps to synthesise random-contrast pairs from (SynthMorph-style):
   the vxm-subject's FreeSurfer aseg, the MNI brain tissue map, and an MNI whole-head map (brain
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from cocyclereg.tissue import tissue_from_probabilities, tissue_from_t1
+from cocyclereg.evaluation.tissue import tissue_from_probabilities, tissue_from_t1
 
 HELD_OUT = "TCGA-DU-7294"
 DEVELOPMENT = ("BraTS-GLI-00001-000", "TCGA-FG-6692", "stroke")

@@ -3,7 +3,7 @@
 Usage: python tools/record_intensity_statistics.py --data ../shared/data
 
 Models exported before ``cocyclereg export`` recorded them (``intensity`` section, see
-``cocyclereg.plausibility``) get them here: the case lists are rebuilt with
+``cocyclereg.inference.plausibility``) get them here: the case lists are rebuilt with
 ``tools/make_training_set.py`` into a temporary folder, the training list each model's
 provenance names (``config.data.train``) is read, and the model file is rewritten with the
 same weights (bit-identical tensors) and the description plus ``intensity``.
@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from cocyclereg.config import config_from_dict
-from cocyclereg.data import load_cases
+from cocyclereg.inference.plausibility import intensity_section
+from cocyclereg.learning.data import load_cases
 from cocyclereg.model_file import load_model, save_model
-from cocyclereg.plausibility import intensity_section
 from cocyclereg.resources import list_bundled_models
 
 TOOLS = Path(__file__).resolve().parent

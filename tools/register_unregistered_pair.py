@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cocyclereg.figure import registration_figure
+from cocyclereg.evaluation.figure import registration_figure
+from cocyclereg.inference.register import register
 from cocyclereg.io import read_image
-from cocyclereg.register import register
 from cocyclereg.resources import bundled_model
 
 REPOSITORY = Path(__file__).resolve().parents[1]

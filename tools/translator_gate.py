@@ -8,8 +8,8 @@ Usage (from the repository root, after `python tools/make_training_set.py --outp
 Reads the run's ``config.yaml`` (the overrides apply on top, e.g. ``loss.similarity_sigma=1``
 for the weights of the cocycle run to come) and its checkpoint's translators, then fits free
 fields to the paper's objective on the run's validation pairs with the translators frozen
-(:func:`cocyclereg.translator_gate.free_field_gate`) and prints, per head, the identity's and
-the fitted fields' mean registration error (mm) and whether both heads reach ``ratio`` times
+(:func:`cocyclereg.learning.translator_gate.free_field_gate`) and prints, per head, the identity's
+and the fitted fields' mean registration error (mm) and whether both heads reach ``ratio`` times
 the identity's error, with the run's last validation L1 against the misalignment signal.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from cocyclereg.config import load_config
-from cocyclereg.pipeline import CoCycleNetworks
-from cocyclereg.translator_gate import free_field_gate
+from cocyclereg.learning.pipeline import CoCycleNetworks
+from cocyclereg.learning.translator_gate import free_field_gate
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 
 For every validation item of a training configuration (each pair deformed by its fixed, seeded
 validation field, exactly as ``cocyclereg train`` validates), runs the model's network, then
-refines its x->y field with each candidate setting (:func:`cocyclereg.refine.refine_flow`), and
-prints the mean registration error against the known deformation (mm, over the fixed image's
-foreground, :func:`cocyclereg.training.residual_error_mm`), the percent of folded voxels and the
-seconds per pair (folding counted on the field upsampled to 3x finer voxels, as a 1 mm fixed
-grid sees a 3 mm model's field), for the identity, the network alone and every candidate. The
-chosen setting goes into the model file with ``cocyclereg export --refine-steps N
-[--refine-smoothness S]``.
+refines its x->y field with each candidate setting
+(:func:`cocyclereg.inference.refine.refine_flow`), and prints the mean registration error against
+the known deformation (mm, over the fixed image's foreground,
+:func:`cocyclereg.learning.training.residual_error_mm`), the percent of folded voxels and the
+seconds per pair (folding counted on the field upsampled to 3x finer voxels, as a 1 mm fixed grid
+sees a 3 mm model's field), for the identity, the network alone and every candidate. The chosen
+setting goes into the model file with ``cocyclereg export --refine-steps N [--refine-smoothness
+S]``.
 
     python tools/tune_refinement.py --config CoCycleRegTrain/configs/brain-t1t2-cpu.yaml \\
         --model runs/brain-t1t2/model.cocyclereg --steps 10,20,30 --smoothness 1,2,4
@@ -25,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from cocyclereg.config import Refinement, load_config
-from cocyclereg.data import PairedVolumes, load_cases
-from cocyclereg.displacement import voxel_flow_to_displacement_mm
-from cocyclereg.grid import Grid
-from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
+from cocyclereg.geometry.displacement import voxel_flow_to_displacement_mm
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant_array
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.inference.refine import refine_flow
+from cocyclereg.learning.data import PairedVolumes, load_cases
+from cocyclereg.learning.training import residual_error_mm
 from cocyclereg.model_file import load_model
-from cocyclereg.refine import refine_flow
-from cocyclereg.spatial_transformer import SpatialTransformer
-from cocyclereg.training import residual_error_mm
 
 
 def _numbers(text: str, kind):

@@ -165,5 +165,5 @@ def install_question(plan: list[tuple[str, str]]) -> tuple[str, str]:
 
 def warm_up_command(python: str) -> list[str]:
     """Compiles (once after installing) the package's kernels in a separate process."""
-    code = "from cocyclereg import kernels; kernels.load_in_background().result()"
+    code = "from cocyclereg.geometry import kernels; kernels.load_in_background().result()"
     return [python, "-c", code]

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("COCYCLEREG_DATA", REPOSITORY.parent / "shared" / "data"))

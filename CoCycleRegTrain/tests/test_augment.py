@@ -8,16 +8,16 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction
 
-from cocyclereg.augment import (
+from cocyclereg.geometry.displacement import voxel_flow_to_displacement_mm
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import jacobian_determinant_array
+from cocyclereg.learning.augment import (
     affine_flow,
     compose_flows,
     intensity_jitter,
     random_affine_flow,
     random_elastic_flow,
 )
-from cocyclereg.displacement import voxel_flow_to_displacement_mm
-from cocyclereg.grid import Grid
-from cocyclereg.jacobian import jacobian_determinant_array
 
 # An oblique grid with clinical anisotropic voxels 0.9 x 1.3 x 3 mm (i, j, k).
 GRID = Grid(
@@ -156,7 +156,7 @@ def test_intensity_noise_has_the_requested_spread_and_stays_in_range():
 
 
 def test_bias_field_is_smooth_bounded_and_seeded():
-    from cocyclereg.augment import random_bias_field
+    from cocyclereg.learning.augment import random_bias_field
 
     shape = (24, 32, 28)
     bias = random_bias_field(shape, np.random.default_rng(3), strength=0.3)
@@ -169,7 +169,7 @@ def test_bias_field_is_smooth_bounded_and_seeded():
 
 
 def test_appearance_jitter_keeps_the_range_and_blurs():
-    from cocyclereg.augment import appearance_jitter
+    from cocyclereg.learning.augment import appearance_jitter
 
     volume = np.zeros((20, 20, 20), dtype=np.float32)
     volume[5:15, 5:15, 5:15] = 0.8

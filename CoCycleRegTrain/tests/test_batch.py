@@ -19,13 +19,13 @@ import pytest
 import SimpleITK as sitk
 
 import cocyclereg
-from cocyclereg.batch import RegistrationSettings
 from cocyclereg.cli import main
-from cocyclereg.displacement import displacement_transform, read_displacement_field
 from cocyclereg.errors import InputError
-from cocyclereg.evaluate import evaluate
+from cocyclereg.evaluation.evaluate import evaluate
+from cocyclereg.geometry.displacement import displacement_transform, read_displacement_field
+from cocyclereg.inference.batch import RegistrationSettings
+from cocyclereg.inference.manifest import Pair, read_manifest
 from cocyclereg.io import read_labels
-from cocyclereg.manifest import Pair, read_manifest
 from cocyclereg.resources import demo_dir
 
 DEMO = demo_dir()

@@ -11,14 +11,14 @@ import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on, smooth_flow, smooth_volume
 
 from cocyclereg.cli import main
-from cocyclereg.displacement import (
+from cocyclereg.geometry.displacement import (
     displacement_field_image,
     displacement_transform,
     voxel_flow_to_displacement_mm,
     write_displacement_transform,
 )
-from cocyclereg.grid import Grid
-from cocyclereg.jacobian import folding_stats, jacobian_determinant
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant
 
 
 def test_help_runs_as_an_installed_command():

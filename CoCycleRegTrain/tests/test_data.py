@@ -13,9 +13,9 @@ from scipy.ndimage import map_coordinates
 from torch.utils.data import default_collate
 
 from cocyclereg.config import AugmentationConfig, DataConfig
-from cocyclereg.data import Case, PairedVolumes, load_cases, preprocess_case
 from cocyclereg.errors import InputError
-from cocyclereg.normalize import normalize_with
+from cocyclereg.inference.normalize import normalize_with
+from cocyclereg.learning.data import Case, PairedVolumes, load_cases, preprocess_case
 
 SIZE_IJK = (64, 64, 48)
 SHAPE_DHW = SIZE_IJK[::-1]
@@ -407,7 +407,7 @@ def test_foreground_is_the_dilated_head(tcga_case):
 def test_synthetic_pairs_from_label_maps(tmp_path, data_dir, tcga_case):
     aseg = data_dir / "brain-t1" / "vxm-subject" / "aseg.nii.gz"
     (tmp_path / "maps.csv").write_text(f"name,labels\nvxm,{aseg}\n")
-    from cocyclereg.data import load_label_maps
+    from cocyclereg.learning.data import load_label_maps
 
     maps = load_label_maps(tmp_path / "maps.csv")
     data = dataclasses.replace(_recipe(), synthetic_repeats=3)

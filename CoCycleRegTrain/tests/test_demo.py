@@ -13,15 +13,15 @@ from PIL import Image
 
 import cocyclereg.resources as resources
 from cocyclereg.cli import main
-from cocyclereg.displacement import (
+from cocyclereg.errors import InputError
+from cocyclereg.evaluation.metrics import dice
+from cocyclereg.geometry.displacement import (
     displacement_field_image,
     displacement_transform,
     voxel_flow_to_displacement_mm,
 )
-from cocyclereg.errors import InputError
-from cocyclereg.grid import Grid
-from cocyclereg.metrics import dice
-from cocyclereg.resample import resample_to_grid
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import resample_to_grid
 
 DEMO_FILES = ["fixed_t2", "moving_t1", "fixed_tumor", "moving_tumor", "fixed_tissue"]
 DEMO_FILES.append("moving_tissue")
@@ -114,7 +114,7 @@ def _panel_pixels(png: np.ndarray, axes, height: int) -> np.ndarray:
 
 
 def test_figure_has_every_panel_filled_in_physical_proportion_and_shows_folding(tmp_path):
-    from cocyclereg.figure import DPI, draw_registration_figure
+    from cocyclereg.evaluation.figure import DPI, draw_registration_figure
 
     fixed, moving = _demo("fixed_t2"), _demo("moving_t1")
     tumour, tissue = _demo("fixed_tumor"), _demo("fixed_tissue")
@@ -126,7 +126,7 @@ def test_figure_has_every_panel_filled_in_physical_proportion_and_shows_folding(
     distance = np.sqrt(((np.stack([k, j, i], -1) - centre) ** 2).sum(-1))
     flow[2] = -3.0 * np.exp(-((distance / 4.0) ** 2)) * (i - centre[2])
     field = displacement_field_image(voxel_flow_to_displacement_mm(flow, grid), grid)
-    from cocyclereg.jacobian import jacobian_determinant
+    from cocyclereg.geometry.jacobian import jacobian_determinant
 
     jacobian = jacobian_determinant(field)
     assert (sitk.GetArrayViewFromImage(jacobian) <= 0).any()

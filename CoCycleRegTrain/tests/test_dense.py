@@ -1,8 +1,8 @@
-"""Full-resolution fields and resampling (cocyclereg.dense) against ITK's own point-by-point
-filters (TransformToDisplacementFieldFilter on a CompositeTransform, ResampleImageFilter), on
-oblique, flipped, permuted and anisotropic grids, with fields that cover only part of the
-target so that ITK's border rule (clamped within half a voxel, zero or default beyond) is
-exercised."""
+"""Full-resolution fields and resampling (cocyclereg.geometry.dense) against ITK's own
+point-by-point filters (TransformToDisplacementFieldFilter on a CompositeTransform,
+ResampleImageFilter), on oblique, flipped, permuted and anisotropic grids, with fields that cover
+only part of the target so that ITK's border rule (clamped within half a voxel, zero or default
+beyond) is exercised."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on, oblique_direction
 
-from cocyclereg.dense import composed_displacement, resample_through
-from cocyclereg.displacement import (
+from cocyclereg.geometry.dense import composed_displacement, resample_through
+from cocyclereg.geometry.displacement import (
     affine_parameters,
     displacement_field_image,
     displacement_transform,
     transform_to_displacement_field,
 )
-from cocyclereg.grid import Grid
-from cocyclereg.resample import resample_to_grid
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import resample_to_grid
 
 
 def _centred_grid(target: Grid, size, spacing, direction) -> Grid:

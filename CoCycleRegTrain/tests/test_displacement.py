@@ -10,7 +10,8 @@ import torch
 from conftest import TEST_GRIDS, image_on, smooth_flow, smooth_volume
 from scipy.ndimage import binary_erosion
 
-from cocyclereg.displacement import (
+from cocyclereg.errors import GeometryError, InputError
+from cocyclereg.geometry.displacement import (
     affine_parameters,
     compose_affine_after_displacement,
     displacement_array,
@@ -22,9 +23,8 @@ from cocyclereg.displacement import (
     voxel_flow_to_displacement_mm,
     write_displacement_transform,
 )
-from cocyclereg.errors import GeometryError, InputError
-from cocyclereg.grid import Grid
-from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer, warp_labels
 
 OUTSIDE = -1000.0
 
@@ -164,7 +164,7 @@ def _test_affine(grid: Grid) -> sitk.AffineTransform:
 
 
 def test_known_affine_field_is_recovered_exactly_with_its_determinant(test_grid):
-    from cocyclereg.jacobian import folding_stats, jacobian_determinant
+    from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant
 
     affine = _test_affine(test_grid)
     # Voxel flow by plain index arithmetic through SimpleITK's own point mapping.

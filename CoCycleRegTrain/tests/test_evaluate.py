@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on
 
 from cocyclereg.cli import main
-from cocyclereg.evaluate import evaluate, read_transform
+from cocyclereg.evaluation.evaluate import evaluate, read_transform
 
 GRID = TEST_GRIDS["identity"]  # 1 mm isotropic: shifts in voxels are shifts in mm
 
@@ -36,7 +36,7 @@ def test_known_translation(tmp_path):
 
 
 def test_command_reads_field_images_and_writes_json(tmp_path, capsys):
-    from cocyclereg.displacement import (
+    from cocyclereg.geometry.displacement import (
         transform_to_displacement_field,
         write_displacement_transform,
     )

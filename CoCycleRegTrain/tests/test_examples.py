@@ -71,7 +71,7 @@ def _scans(data_dir, folder):
     import numpy as np
     import SimpleITK as sitk
 
-    from cocyclereg.grid import foreground_mask
+    from cocyclereg.geometry.grid import foreground_mask
 
     subject = data_dir / "brain-t1t2" / "TCGA-FG-6692-unregistered"
     names = {

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from conftest import TEST_GRIDS
 
 from cocyclereg.errors import GeometryError
-from cocyclereg.grid import Grid, foreground_mask, model_grid
+from cocyclereg.geometry.grid import Grid, foreground_mask, model_grid
 
 
 def test_index_physical_conversions_match_simpleitk(test_grid):

@@ -1,6 +1,6 @@
-"""The inverse of a resampling field (cocyclereg.inverse): compiled voxel-by-voxel iteration
-against whole-field iteration with grid_sample, composition to the identity on a real-sized
-smooth field, and an exact case (a translation)."""
+"""The inverse of a resampling field (cocyclereg.geometry.inverse): compiled voxel-by-voxel
+iteration against whole-field iteration with grid_sample, composition to the identity on a
+real-sized smooth field, and an exact case (a translation)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cocyclereg.augment import random_elastic_flow
-from cocyclereg.inverse import inverse_flow
-from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.geometry.inverse import inverse_flow
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.learning.augment import random_elastic_flow
 
 
 @pytest.fixture(scope="module")

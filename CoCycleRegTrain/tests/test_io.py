@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on
 
 from cocyclereg.errors import InputError
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
 from cocyclereg.io import (
     atomic_output,
     atomic_outputs,

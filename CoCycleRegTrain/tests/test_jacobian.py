@@ -7,9 +7,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import TEST_GRIDS, smooth_flow
 
-from cocyclereg.displacement import displacement_field_image, voxel_flow_to_displacement_mm
-from cocyclereg.grid import Grid
-from cocyclereg.jacobian import folding_stats, jacobian_determinant, jacobian_determinant_array
+from cocyclereg.geometry.displacement import displacement_field_image, voxel_flow_to_displacement_mm
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import (
+    folding_stats,
+    jacobian_determinant,
+    jacobian_determinant_array,
+)
 
 
 def _field_from_function(grid: Grid, function) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The compiled kernels' loader (the kernels themselves are tested through cocyclereg.dense,
-cocyclereg.jacobian and cocyclereg.refine against ITK, numpy and autograd)."""
+"""The compiled kernels' loader (the kernels themselves are tested through
+cocyclereg.geometry.dense, cocyclereg.geometry.jacobian and cocyclereg.inference.refine against ITK,
+numpy and autograd)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from cocyclereg import kernels
+from cocyclereg.geometry import kernels
 
 
 def _printed_by_new_process(code: str) -> list[str]:
@@ -28,7 +29,7 @@ def test_the_kernels_load_once_per_process_in_the_background():
 def test_loading_does_not_hold_up_the_caller():
     # In a new process: the call returns while the loading thread still runs.
     code = (
-        "from cocyclereg import kernels\n"
+        "from cocyclereg.geometry import kernels\n"
         "loading = kernels.load_in_background()\n"
         "print(loading.done())\n"
         "loading.result()\n"
@@ -43,8 +44,8 @@ def test_kernels_use_and_keep_pytorchs_thread_count():
     # shares it with PyTorch and, unchecked, raised PyTorch's count to every core.
     code = (
         "import numba, numpy as np, torch\n"
-        "from cocyclereg.grid import Grid\n"
-        "from cocyclereg.jacobian import jacobian_determinant_array\n"
+        "from cocyclereg.geometry.grid import Grid\n"
+        "from cocyclereg.geometry.jacobian import jacobian_determinant_array\n"
         "grid = Grid((4, 5, 6), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
         "for threads in (1, 2, 1):\n"
         "    torch.set_num_threads(threads)\n"

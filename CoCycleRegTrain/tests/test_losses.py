@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cocyclereg import losses
+from cocyclereg.learning import losses
 
 
 def test_l1_and_lsgan_on_known_values():

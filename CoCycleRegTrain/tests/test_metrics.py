@@ -8,8 +8,8 @@ import torch
 from scipy.ndimage import binary_erosion, gaussian_filter
 from scipy.spatial import cKDTree
 
-from cocyclereg.grid import Grid
-from cocyclereg.metrics import dice, hd95, mean_dice
+from cocyclereg.evaluation.metrics import dice, hd95, mean_dice
+from cocyclereg.geometry.grid import Grid
 
 SPACING_DHW = (3.0, 1.3, 0.9)  # mm along D, H, W: a clinical anisotropic acquisition
 

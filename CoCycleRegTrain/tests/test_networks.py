@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cocyclereg.config import Config, load_config
+from cocyclereg.learning.pipeline import CoCycleNetworks, CoCycleObjective
 from cocyclereg.networks import DualHeadUNet, PatchDiscriminator, ResnetGenerator
-from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
 
 
 def _count(module: torch.nn.Module) -> int:

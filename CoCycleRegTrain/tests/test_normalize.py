@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from cocyclereg.config import NormalizationConfig
-from cocyclereg.normalize import normalize, normalize_with
+from cocyclereg.inference.normalize import normalize, normalize_with
 
 
 @pytest.fixture(scope="module")

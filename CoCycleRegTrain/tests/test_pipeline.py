@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from cocyclereg.config import load_config
-from cocyclereg.data import PairedVolumes, load_cases
-from cocyclereg.pipeline import CoCycleObjective, Translations
-from cocyclereg.spatial_transformer import SpatialTransformer
-from cocyclereg.training import residual_error_mm
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.learning.data import PairedVolumes, load_cases
+from cocyclereg.learning.pipeline import CoCycleObjective, Translations
+from cocyclereg.learning.training import residual_error_mm
 
 
 class _FreeFields(nn.Module):

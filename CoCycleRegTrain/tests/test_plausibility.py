@@ -1,6 +1,6 @@
-"""Inputs that cannot be right are refused before registering (cocyclereg.plausibility), on the
-real scans: a CT given to the brain MRI model, an MRI given where the CT model expects its CT;
-every real MRI is accepted as MRI, and a real CT as CT."""
+"""Inputs that cannot be right are refused before registering (cocyclereg.inference.plausibility),
+on the real scans: a CT given to the brain MRI model, an MRI given where the CT model expects its
+CT; every real MRI is accepted as MRI, and a real CT as CT."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import SimpleITK as sitk
 
 from cocyclereg.cli import main
 from cocyclereg.errors import InputError
-from cocyclereg.model_file import read_model_info
-from cocyclereg.plausibility import (
+from cocyclereg.inference.plausibility import (
     Input,
     check_inputs,
     check_registration_inputs,
     intensity_features,
     kind_of_name,
 )
+from cocyclereg.model_file import read_model_info
 from cocyclereg.resources import bundled_model
 
 BRAIN, CT_MODEL = "brain-t1t2", "head-ct-mri"

@@ -1,5 +1,5 @@
-"""Instance optimisation (cocyclereg.refine): it recovers a known deformation between a real T1
-and T2 from a zero start, leaves the input alone, and is chosen by the model file unless the
+"""Instance optimisation (cocyclereg.inference.refine): it recovers a known deformation between a
+real T1 and T2 from a zero start, leaves the input alone, and is chosen by the model file unless the
 caller says otherwise."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import SimpleITK as sitk
 import torch
 from test_register import _constant_model
 
-from cocyclereg.augment import random_elastic_flow
 from cocyclereg.config import NormalizationConfig, Refinement
-from cocyclereg.grid import Grid, foreground_mask, model_grid
-from cocyclereg.normalize import normalize
-from cocyclereg.refine import refine_flow
-from cocyclereg.register import LPS_DIRECTION, register
-from cocyclereg.resample import resample_to_grid
-from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.geometry.grid import Grid, foreground_mask, model_grid
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.inference.normalize import normalize
+from cocyclereg.inference.refine import refine_flow
+from cocyclereg.inference.register import LPS_DIRECTION, register
+from cocyclereg.learning.augment import random_elastic_flow
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_register_follows_the_model_recommendation_unless_told(monkeypatch):
         calls.append(refinement.steps)
         return flow.detach().clone()
 
-    monkeypatch.setattr("cocyclereg.register.refine_flow", recording)
+    monkeypatch.setattr("cocyclereg.inference.register.refine_flow", recording)
     recommended = (network, dataclasses.replace(info, refinement=Refinement(steps=7)))
     result = register(fixed, moving, recommended, affine=False, device="cpu", inverse=False)
     assert calls == [7] and result.refinement.steps == 7  # forward field only
@@ -135,7 +135,7 @@ def test_refined_fields_differ_from_the_network_and_stay_on_their_grids():
 
 
 def test_the_in_place_adam_matches_torch_optim_adam():
-    from cocyclereg.refine import _Adam
+    from cocyclereg.inference.refine import _Adam
 
     torch.manual_seed(0)
     ours = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
@@ -154,7 +154,7 @@ def test_the_in_place_adam_matches_torch_optim_adam():
 def test_the_similarity_region_is_the_smoothed_foreground_grown_by_a_cube():
     from scipy.ndimage import binary_dilation, gaussian_filter
 
-    from cocyclereg.refine import REGION_BLUR, REGION_MARGIN, REGION_THRESHOLD, _region
+    from cocyclereg.inference.refine import REGION_BLUR, REGION_MARGIN, REGION_THRESHOLD, _region
 
     rng = np.random.default_rng(2)
     target = torch.zeros(1, 1, 20, 17, 23)
@@ -171,7 +171,7 @@ def test_the_similarity_region_is_the_smoothed_foreground_grown_by_a_cube():
 def test_background_noise_does_not_spread_the_similarity_region(data_dir):
     """A skull-stripped T1 with scanner noise everywhere (as if never masked): the region stays
     the brain's, not the whole grid."""
-    from cocyclereg.refine import _region
+    from cocyclereg.inference.refine import _region
 
     image = sitk.ReadImage(str(data_dir / "brain-t1t2" / "stroke" / "t1.nii.gz"))
     array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -186,7 +186,7 @@ def test_background_noise_does_not_spread_the_similarity_region(data_dir):
 
 
 def test_the_compiled_similarity_gradient_equals_autograd_through_the_warp():
-    from cocyclereg.refine import (
+    from cocyclereg.inference.refine import (
         _autograd_mismatch_gradient,
         _channels_last,
         _compiled_mismatch_gradient,
@@ -227,7 +227,7 @@ def test_refinement_on_the_cpu_equals_the_autograd_refinement(known_pair):
 
 
 def test_at_voxel_centres_the_gradient_is_the_mean_of_the_one_sided_ones():
-    from cocyclereg.refine import _channels_last, _compiled_mismatch_gradient
+    from cocyclereg.inference.refine import _channels_last, _compiled_mismatch_gradient
 
     generator = torch.Generator().manual_seed(6)
     source = torch.rand(1, 12, 8, 9, 10, generator=generator)
@@ -250,12 +250,12 @@ def test_a_field_carried_to_a_finer_grid_is_the_map_itk_evaluates(test_grid):
     finer grid's voxel centres, on oblique, flipped and anisotropic grids."""
     from conftest import smooth_flow
 
-    from cocyclereg.displacement import (
+    from cocyclereg.geometry.displacement import (
         displacement_field_image,
         displacement_transform,
         voxel_flow_to_displacement_mm,
     )
-    from cocyclereg.refine import flow_on_grid
+    from cocyclereg.inference.refine import flow_on_grid
 
     coarse = smooth_flow(test_grid, max_voxels=2.0)
     finer = test_grid.with_spacing(np.asarray(test_grid.spacing) / 2)
@@ -278,7 +278,7 @@ def test_a_field_carried_to_a_finer_grid_is_the_map_itk_evaluates(test_grid):
 def deformed_real_pair(data_dir):
     """A real T1 (moving) and its subject's T2 deformed by a known smooth field (fixed), at
     the scans' own 1 mm: the true fixed -> moving map is ``p + u(p)``, ``u`` that field."""
-    from cocyclereg.displacement import (
+    from cocyclereg.geometry.displacement import (
         displacement_field_image,
         displacement_transform,
         voxel_flow_to_displacement_mm,
@@ -297,7 +297,7 @@ def deformed_real_pair(data_dir):
 
 @pytest.mark.slow
 def test_the_finer_level_registers_closer_and_its_inverse_is_consistent(deformed_real_pair):
-    from cocyclereg.displacement import displacement_array, displacement_transform
+    from cocyclereg.geometry.displacement import displacement_array, displacement_transform
     from cocyclereg.model_file import load_model
     from cocyclereg.resources import bundled_model
 

@@ -12,12 +12,12 @@ import torch
 from conftest import TEST_GRIDS, image_on, smooth_volume
 
 from cocyclereg.config import Refinement
-from cocyclereg.displacement import displacement_array, transform_to_displacement_field
 from cocyclereg.errors import GeometryError, InputError
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.displacement import displacement_array, transform_to_displacement_field
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.inference.register import register
 from cocyclereg.model_file import ModelInfo
 from cocyclereg.networks import DualHeadUNet
-from cocyclereg.register import register
 
 FORWARD_VOXELS = (0.5, -1.0, 1.5)  # head x2y output, channels (D, H, W)
 INVERSE_VOXELS = (-0.25, 0.75, -2.0)  # head y2x output
@@ -258,7 +258,7 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
 
 
 def test_too_large_for_memory_is_refused_before_the_network_runs(monkeypatch):
-    import cocyclereg.register as engine
+    import cocyclereg.inference.register as engine
 
     grid = TEST_GRIDS["identity"]
     image = image_on(grid, smooth_volume(grid))
@@ -269,7 +269,7 @@ def test_too_large_for_memory_is_refused_before_the_network_runs(monkeypatch):
 
 
 def test_memory_estimate_scales_with_the_grid():
-    from cocyclereg.register import estimated_network_bytes
+    from cocyclereg.inference.register import estimated_network_bytes
 
     _, info = _constant_model()
     small = Grid((16, 16, 16), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -308,7 +308,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
 def test_prealignment_recovers_a_known_head_motion(data_dir, kind):
     """T1 moved by a known rotation and translation is found again from T2 (MI, two modalities);
     on the co-registered pair the rigid result stays a rigid transform."""
-    from cocyclereg.register import affine_prealignment
+    from cocyclereg.inference.register import affine_prealignment
 
     folder = data_dir / "brain-t1t2" / "TCGA-DU-7294"
     fixed = sitk.ReadImage(str(folder / "t2.nii.gz"))
@@ -399,7 +399,7 @@ def test_the_summary_explains_modalities_network_and_the_affine_it_reports():
     agrees with the stage seconds; "affine" is matrix, center and translation, and
     ``matrix (p - center) + center + translation`` (computed here) is the transform's own
     point mapping."""
-    from cocyclereg.outputs import registration_summary
+    from cocyclereg.inference.outputs import registration_summary
 
     fixed_grid, moving_grid = TEST_GRIDS["oblique-flip-x"], TEST_GRIDS["oblique-flip-yz"]
     fixed = image_on(fixed_grid, smooth_volume(fixed_grid, seed=3))

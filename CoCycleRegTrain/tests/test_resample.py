@@ -8,9 +8,9 @@ import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on
 from scipy.ndimage import map_coordinates
 
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import resample_to_grid
 from cocyclereg.io import read_image, read_labels, write_image
-from cocyclereg.resample import resample_to_grid
 
 SLOPE = np.array([0.7, -1.3, 2.1])
 

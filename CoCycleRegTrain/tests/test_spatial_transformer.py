@@ -8,7 +8,7 @@ import torch
 from conftest import TEST_GRIDS, smooth_flow, smooth_volume
 from scipy.ndimage import map_coordinates
 
-from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer, warp_labels
 
 GRID = TEST_GRIDS["oblique-flip-x"]
 

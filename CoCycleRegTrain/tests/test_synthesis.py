@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from cocyclereg.config import SynthesisConfig
-from cocyclereg.synthesis import synthesize_image
+from cocyclereg.learning.synthesis import synthesize_image
 
 
 @pytest.fixture(scope="module")

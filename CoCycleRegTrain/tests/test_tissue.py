@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cocyclereg.tissue import CSF, GREY, WHITE, tissue_from_probabilities, tissue_from_t1
+from cocyclereg.evaluation.tissue import CSF, GREY, WHITE, tissue_from_probabilities, tissue_from_t1
 
 
 def _image(array: np.ndarray) -> sitk.Image:

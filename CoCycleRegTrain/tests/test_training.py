@@ -14,8 +14,8 @@ import torch
 
 from cocyclereg.config import load_config
 from cocyclereg.errors import CoCycleRegError
+from cocyclereg.learning.training import Trainer, train
 from cocyclereg.model_file import load_model
-from cocyclereg.training import Trainer, train
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -314,8 +314,8 @@ def test_each_generator_and_discriminator_is_clipped_on_its_own(pair_csv, tmp_pa
 
 
 def test_residual_error_is_zero_for_the_exact_inverse_and_the_deformation_for_identity():
-    from cocyclereg.spatial_transformer import SpatialTransformer
-    from cocyclereg.training import residual_error_mm
+    from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+    from cocyclereg.learning.training import residual_error_mm
 
     torch.manual_seed(0)
     shape = (1, 3, 12, 14, 10)
@@ -342,8 +342,8 @@ def test_residual_error_is_zero_for_the_exact_inverse_and_the_deformation_for_id
 
 
 def test_registration_can_start_from_a_model_file(pair_csv, tmp_path):
+    from cocyclereg.learning.training import model_info
     from cocyclereg.model_file import save_model
-    from cocyclereg.training import model_info
 
     config = load_config(preset="cpu-small", overrides=_settings(pair_csv, tmp_path / "a"))
     source = Trainer(config).networks.registration
@@ -446,7 +446,7 @@ def test_end_point_error_follows_each_items_side_and_foreground(pair_csv, tmp_pa
     flow_x2y, flow_y2x = (flow.detach() for flow in registration(batch["x"], batch["y"]))
 
     def error(flow, deformation, deformed, mask):  # mean over the mask, from the definition
-        from cocyclereg.losses import deformation_residual
+        from cocyclereg.learning.losses import deformation_residual
 
         residual = deformation_residual(flow, deformation, deformed, objective.warp)
         return residual.norm(dim=1)[mask[:, 0]].mean()

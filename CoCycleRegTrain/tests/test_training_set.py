@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from cocyclereg.config import DataConfig
-from cocyclereg.data import load_cases, load_label_maps
+from cocyclereg.learning.data import load_cases, load_label_maps
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_training_set.py"
 NEVER_TRAINED_ON = ("TCGA-DU-7294", "TCGA-FG-6692", "stroke", "BraTS-GLI-00001-000")

@@ -1,5 +1,5 @@
 """The translators' gate on a real scan: ideal translators pass it, translators that move the
-anatomy fail it (cocyclereg.translator_gate)."""
+anatomy fail it (cocyclereg.learning.translator_gate)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cocyclereg.config import load_config
-from cocyclereg.translator_gate import free_field_gate
+from cocyclereg.learning.translator_gate import free_field_gate
 
 
 class _Shifted(nn.Module):

@@ -29,10 +29,10 @@ __all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__", "reg
 
 
 def __getattr__(name: str):
-    """``cocyclereg.register_many`` (:func:`cocyclereg.batch.register_many`), imported on first
-    use so that ``import cocyclereg`` stays light."""
+    """``cocyclereg.register_many`` (:func:`cocyclereg.inference.batch.register_many`), imported on
+    first use so that ``import cocyclereg`` stays light."""
     if name == "register_many":
-        from cocyclereg.batch import register_many
+        from cocyclereg.inference.batch import register_many
 
         return register_many
     raise AttributeError(f"module 'cocyclereg' has no attribute {name!r}")

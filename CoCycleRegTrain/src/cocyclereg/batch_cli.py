@@ -1,4 +1,4 @@
-"""``cocyclereg batch``: the command-line face of :mod:`cocyclereg.batch`."""
+"""``cocyclereg batch``: the command-line face of :mod:`cocyclereg.inference.batch`."""
 
 from __future__ import annotations
 
@@ -80,9 +80,9 @@ def run_batch(args: argparse.Namespace) -> int:
     """Run the batch with a progress bar; write ``results.csv``; 1 if any pair failed."""
     from tqdm import tqdm
 
-    from cocyclereg.batch import RegistrationSettings, ResultsTable, register_many
     from cocyclereg.cli import register_keywords
-    from cocyclereg.manifest import RESULTS_NAME, read_manifest
+    from cocyclereg.inference.batch import RegistrationSettings, ResultsTable, register_many
+    from cocyclereg.inference.manifest import RESULTS_NAME, read_manifest
 
     pairs = read_manifest(args.manifest)
     keywords = register_keywords(args)

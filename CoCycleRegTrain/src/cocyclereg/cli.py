@@ -13,13 +13,13 @@ from pathlib import Path
 from cocyclereg import __version__
 from cocyclereg.batch_cli import add_batch_command
 from cocyclereg.config import Refinement
-from cocyclereg.displacement import displacement_transform, read_displacement_field
 from cocyclereg.errors import CoCycleRegError
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.displacement import displacement_transform, read_displacement_field
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.inference.outputs import registration_summary, write_registration_outputs
 from cocyclereg.io import atomic_output, read_image, read_labels, write_image
-from cocyclereg.jacobian import folding_stats, jacobian_determinant
-from cocyclereg.outputs import registration_summary, write_registration_outputs
-from cocyclereg.resample import resample_to_grid
 from cocyclereg.review.command import add_review_command
 
 DESCRIPTION = """\
@@ -73,10 +73,10 @@ def _print_stage(stage: str) -> None:
 
 
 def _load_kernels() -> None:
-    """Loads the compiled kernels (:mod:`cocyclereg.kernels`) with the imports, before any
+    """Loads the compiled kernels (:mod:`cocyclereg.geometry.kernels`) with the imports, before any
     input is read (a loading thread beside torch's import would slow both: they share the
     interpreter); says so when they had to be compiled, the first time after installation."""
-    from cocyclereg import kernels
+    from cocyclereg.geometry import kernels
 
     started = time.perf_counter()
     kernels.load_in_background().result()
@@ -90,7 +90,7 @@ def _load_kernels() -> None:
 
 def register_output_paths(args: argparse.Namespace) -> list[tuple[str, str, Path | None]]:
     """``(option, kind, path)`` of every output of ``register`` (for
-    :func:`cocyclereg.outputs.check_output_paths`)."""
+    :func:`cocyclereg.inference.outputs.check_output_paths`)."""
     return [
         ("--transform", "transform", args.transform),
         ("--inverse-transform", "transform", args.inverse_transform),
@@ -102,7 +102,7 @@ def register_output_paths(args: argparse.Namespace) -> list[tuple[str, str, Path
 
 
 def register_keywords(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`cocyclereg.register.register` that the options of
+    """The keyword arguments of :func:`cocyclereg.inference.register.register` that the options of
     :func:`add_register_options` give (the model excepted: ``resolve_model(args.model)``)."""
     return {
         "fixed_modality": args.fixed_modality,
@@ -120,8 +120,9 @@ def register_keywords(args: argparse.Namespace) -> dict:
 
 def _output_names(args: argparse.Namespace) -> dict:
     """The summary's record of the outputs written (absolute paths), for ``cocyclereg
-    review``; warped labelmaps by their input's name (:func:`cocyclereg.manifest.label_name`)."""
-    from cocyclereg.manifest import label_name
+    review``; warped labelmaps by their input's name
+    (:func:`cocyclereg.inference.manifest.label_name`)."""
+    from cocyclereg.inference.manifest import label_name
 
     names = {"transform": args.transform, "inverse_transform": args.inverse_transform}
     names |= {"warped": args.warped, "jacobian": args.jacobian}
@@ -135,7 +136,7 @@ def _output_names(args: argparse.Namespace) -> dict:
 
 def _register(args: argparse.Namespace) -> int:
     from cocyclereg.errors import InputError
-    from cocyclereg.outputs import check_output_paths
+    from cocyclereg.inference.outputs import check_output_paths
     from cocyclereg.resources import resolve_model
 
     labels, warped_labels = list(args.labels or []), list(args.warped_labels or [])
@@ -147,7 +148,7 @@ def _register(args: argparse.Namespace) -> int:
     check_output_paths(register_output_paths(args), [args.fixed, args.moving, *labels])
     model = resolve_model(args.model)
     _load_kernels()
-    from cocyclereg.register import register
+    from cocyclereg.inference.register import register
 
     result = register(
         args.fixed,
@@ -196,7 +197,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cocyclereg.evaluate import evaluate, read_transform
+    from cocyclereg.evaluation.evaluate import evaluate, read_transform
 
     result = evaluate(
         read_labels(args.fixed_labels),
@@ -213,7 +214,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from cocyclereg.config import load_config
-    from cocyclereg.training import train
+    from cocyclereg.learning.training import train
 
     overrides = list(args.overrides)
     if args.device:
@@ -231,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cocyclereg.training import export_checkpoint
+    from cocyclereg.learning.training import export_checkpoint
 
     refinement = Refinement(
         args.refine_steps,
@@ -321,7 +322,7 @@ two images before and after (normalised mutual information, higher is better).
 def add_register_options(command: argparse.ArgumentParser) -> None:
     """The options that say how to register (model, modalities, pre-alignment, refinement,
     device): shared by every command that registers; :func:`register_keywords` turns them
-    into :func:`cocyclereg.register.register`'s keywords."""
+    into :func:`cocyclereg.inference.register.register`'s keywords."""
     _add_model_argument(command)
     modalities = f"(bundled models: {_bundled_modalities()})"
     command.add_argument(
@@ -392,8 +393,8 @@ def add_register_options(command: argparse.ArgumentParser) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from cocyclereg.inference.plausibility import KINDS, expected_kind
     from cocyclereg.model_file import read_model_info
-    from cocyclereg.plausibility import KINDS, expected_kind
     from cocyclereg.resources import list_bundled_models, resolve_model
 
     bundled = list_bundled_models()

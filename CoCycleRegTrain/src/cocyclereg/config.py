@@ -86,7 +86,7 @@ class LossConfig:
 
     ``deformation`` (0 in the paper) weighs a supervised term for synthetic training pairs: the
     mean end-point error (voxels) of both of R's fields against the known random deformation
-    that misaligned the pair (:func:`cocyclereg.losses.deformation_residual`). The paper's
+    that misaligned the pair (:func:`cocyclereg.learning.losses.deformation_residual`). The paper's
     objective is unsupervised; this term makes R learn in hundreds of steps instead of tens of
     thousands, at the price of learning the kind of deformation the augmentation draws.
     ``deformation_foreground`` averages that error over the pair's (dilated) head only, not over
@@ -222,7 +222,7 @@ class AugmentationConfig:
 
 @dataclass
 class SynthesisConfig:
-    """Images drawn from label maps (SynthMorph-style, :mod:`cocyclereg.synthesis`).
+    """Images drawn from label maps (SynthMorph-style, :mod:`cocyclereg.learning.synthesis`).
 
     Every label of a map gets its own random mean intensity (uniform in [0, 1]) and a texture
     of relative standard deviation up to ``texture_std``, independently for the two images of
@@ -303,15 +303,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Refinement:
-    """Instance optimisation at inference (:mod:`cocyclereg.refine`; a model file records the
-    recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
+    """Instance optimisation at inference (:mod:`cocyclereg.inference.refine`; a model file records
+    the recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
     diffusion regulariser against the MIND-SSC term, Adam's learning rate (voxels/step), and
     where it starts: from the network's fields (``use_network``) or from zero fields, the
     pre-aligned images as they are (the refinement alone; the network is not run).
 
     Then, optionally, a finer level: the field carried onto a grid of ``fine_spacing_mm``
-    over the same box (:meth:`cocyclereg.grid.Grid.with_spacing`), the images resampled onto
-    it from their full resolution, and ``fine_steps`` more Adam steps there under the weight
+    over the same box (:meth:`cocyclereg.geometry.grid.Grid.with_spacing`), the images resampled
+    onto it from their full resolution, and ``fine_steps`` more Adam steps there under the weight
     ``fine_smoothness``. ``fine_spacing_mm`` 0 or ``fine_steps`` 0: no finer level; the field
     stays on the model grid.
     """

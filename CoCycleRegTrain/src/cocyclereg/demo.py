@@ -3,10 +3,10 @@
 The pair (``cocyclereg/resources/demo``, see its README) is the T2 scan of TCGA-DU-7294 as the
 fixed image and the T1 scan of the same head, deformed by a known random warp, as the moving
 image, on a 2 mm grid, with tumour and tissue labels on both sides. The demo runs the same
-:func:`cocyclereg.register.register` as ``cocyclereg register`` (affine pre-alignment, then one
-network pass), writes the same outputs the same way (all together or none), scores the
-labels with :func:`cocyclereg.evaluate.evaluate` before (identity) and after registration,
-and draws :func:`cocyclereg.figure.registration_figure`. It never trains.
+:func:`cocyclereg.inference.register.register` as ``cocyclereg register`` (affine pre-alignment,
+then one network pass), writes the same outputs the same way (all together or none), scores the
+labels with :func:`cocyclereg.evaluation.evaluate.evaluate` before (identity) and after
+registration, and draws :func:`cocyclereg.evaluation.figure.registration_figure`. It never trains.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from cocyclereg.displacement import displacement_transform
 from cocyclereg.errors import InputError
-from cocyclereg.evaluate import Evaluation, evaluate
+from cocyclereg.evaluation.evaluate import Evaluation, evaluate
+from cocyclereg.geometry.displacement import displacement_transform
+from cocyclereg.inference.outputs import registration_summary, write_registration_outputs
+from cocyclereg.inference.register import RegistrationResult, register
 from cocyclereg.io import read_image, read_labels
 from cocyclereg.model_file import read_model_info
-from cocyclereg.outputs import registration_summary, write_registration_outputs
-from cocyclereg.register import RegistrationResult, register
 from cocyclereg.resources import demo_dir, list_bundled_models, resolve_model
 
 FIXED, MOVING = "fixed_t2.nii.gz", "moving_t1.nii.gz"
@@ -87,7 +87,7 @@ def _check_model(model: Path) -> None:
 
 
 def _figure_writer(result: DemoResult, fixed, moving, fixed_labels):
-    from cocyclereg.figure import registration_figure
+    from cocyclereg.evaluation.figure import registration_figure
 
     names = result.label_names
     contours = {

@@ -15,7 +15,7 @@ and raw tensor bytes. Loading parses JSON and copies numbers; nothing in the fil
   :class:`cocyclereg.config.Refinement` fields; absent: none.
 * ``intensity`` (optional; releases that do not know it ignore it): for ``x`` and ``y`` the
   family the model expects (``kind``: ``"ct"`` or ``"mr"``) and intensity statistics of its
-  training images (:mod:`cocyclereg.plausibility`); absent: judged by the modality names.
+  training images (:mod:`cocyclereg.inference.plausibility`); absent: judged by the modality names.
 * ``provenance`` and ``validation``: free-form JSON (training config, steps, data, metrics).
 """
 

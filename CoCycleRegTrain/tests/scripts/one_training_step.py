@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from cocyclereg.config import load_config
-from cocyclereg.training import Trainer
+from cocyclereg.learning.training import Trainer
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ grid, the other the field that pulls y onto x's grid, from one pass.
 
 Input ``(N, 2, D, H, W)``: channel 0 the x image, channel 1 the y image, on one grid; every
 spatial size a multiple of 16. Output: two ``(N, 3, D, H, W)`` voxel resampling fields, channel
-order (D, H, W), for :class:`cocyclereg.spatial_transformer.SpatialTransformer`.
+order (D, H, W), for :class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer`.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocyclereg.batch import SUMMARY_NAME
 from cocyclereg.errors import InputError
-from cocyclereg.manifest import RESULTS_NAME
+from cocyclereg.inference.batch import SUMMARY_NAME
+from cocyclereg.inference.manifest import RESULTS_NAME
 
 
 @dataclass(frozen=True)

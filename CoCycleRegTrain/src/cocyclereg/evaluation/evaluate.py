@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from cocyclereg.displacement import (
+from cocyclereg.errors import InputError
+from cocyclereg.evaluation.metrics import dice, hd95
+from cocyclereg.geometry.displacement import (
     FIELD_IMAGE_SUFFIXES,
     displacement_array,
     displacement_transform,
     read_displacement_field,
     transform_to_displacement_field,
 )
-from cocyclereg.errors import InputError
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import FoldingStats, folding_stats, jacobian_determinant
+from cocyclereg.geometry.resample import resample_to_grid
 from cocyclereg.io import full_suffix
-from cocyclereg.jacobian import FoldingStats, folding_stats, jacobian_determinant
-from cocyclereg.metrics import dice, hd95
-from cocyclereg.resample import resample_to_grid
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:

@@ -2,8 +2,8 @@
 
 Each kernel makes one pass over a target grid, parallel over its slices (k), reading a small
 coarse field and writing its result once: no full-size temporaries. They are the engines of
-:mod:`cocyclereg.dense` and :mod:`cocyclereg.jacobian`, which hold the geometry (which maps,
-which grids) and the tests against ITK.
+:mod:`cocyclereg.geometry.dense` and :mod:`cocyclereg.geometry.jacobian`, which hold the geometry
+(which maps, which grids) and the tests against ITK.
 
 Conventions shared by the kernels:
 
@@ -307,7 +307,7 @@ def _weighted(a, c, k0, k1, wk0, wk1, j0, j1, wj0, wj1, i0, i1, wi0, wi1):
 def warped_mismatch_gradient(source, target, voxels, displacement, gradient):
     """The gradient, with respect to the displacements, of the sum of squared differences
     between ``source`` warped by them and ``target`` at the voxels ``voxels``: the warp of
-    :class:`cocyclereg.spatial_transformer.SpatialTransformer` (trilinear, border clamped),
+    :class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer` (trilinear, border clamped),
     differentiated as torch does, except at voxel centres (see :func:`_clamped_axis`).
 
     Args:
@@ -375,9 +375,9 @@ def warped_mismatch_gradient(source, target, voxels, displacement, gradient):
 def inverse_flow(flow, iterations, tolerance, inverse, residual):
     """The inverse of a voxel resampling field by fixed-point iteration, voxel by voxel:
     ``v <- -u(q + v)`` from ``v = -u(q)``, with ``u`` sampled as
-    :class:`cocyclereg.spatial_transformer.SpatialTransformer` samples it (trilinear, position
-    clamped to the grid: ``grid_sample``'s border rule). The iteration at one voxel reads only
-    ``u``, so each voxel converges on its own and stops once a step moves it by less than
+    :class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer` samples it (trilinear,
+    position clamped to the grid: ``grid_sample``'s border rule). The iteration at one voxel reads
+    only ``u``, so each voxel converges on its own and stops once a step moves it by less than
     ``tolerance`` voxels (or after ``iterations`` steps): the same result as iterating the
     whole field, without the whole-field passes.
 
@@ -437,8 +437,8 @@ def load_in_background() -> Future:
 
 def warm_up() -> None:
     """Loads (or, the first time, compiles) every kernel for the array types
-    :func:`cocyclereg.register.register` passes (float32 fields, Jacobian and images), on tiny
-    arrays; other types (float64 fields in training and tests) compile on first use."""
+    :func:`cocyclereg.inference.register.register` passes (float32 fields, Jacobian and images), on
+    tiny arrays; other types (float64 fields in training and tests) compile on first use."""
     field = np.zeros((3, 2, 2, 2))
     eye, zero = np.eye(3), np.zeros(3)
     affine_plus_field(field, eye, zero, eye, zero, np.empty((2, 2, 2, 3), np.float32))

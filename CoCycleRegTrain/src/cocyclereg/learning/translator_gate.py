@@ -4,11 +4,11 @@ R learns from the paper's objective only where the translators' errors are small
 misalignment changes in the images; otherwise R follows the translators' geometry. The gate
 measures exactly that, without R: on each validation pair (misaligned by a known deformation
 of the validation size), two free voxel fields stand in for R's heads and are fitted to the
-paper's objective (:class:`cocyclereg.pipeline.CoCycleObjective`, ``loss.mode=cocycle``: L1
+paper's objective (:class:`cocyclereg.learning.pipeline.CoCycleObjective`, ``loss.mode=cocycle``: L1
 similarity of the warped translations, the CoCycle term, smoothness) with the translators
 frozen. A head passes when the fitted field's registration error (mean mm over the fixed
-image's foreground, :func:`cocyclereg.training.residual_error_mm`) is at most ``ratio`` times
-the identity's, averaged over the pairs. With ideal translators (identity on a T1 deformed
+image's foreground, :func:`cocyclereg.learning.training.residual_error_mm`) is at most ``ratio``
+times the identity's, averaged over the pairs. With ideal translators (identity on a T1 deformed
 against itself) the fit recovers most of the deformation (``tests/test_pipeline.py``).
 """
 
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from cocyclereg.config import Config
-from cocyclereg.data import PairedVolumes, load_cases
-from cocyclereg.pipeline import CoCycleObjective, Translations
-from cocyclereg.spatial_transformer import SpatialTransformer
-from cocyclereg.training import residual_error_mm
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.learning.data import PairedVolumes, load_cases
+from cocyclereg.learning.pipeline import CoCycleObjective, Translations
+from cocyclereg.learning.training import residual_error_mm
 
 HEADS = ("x2y", "y2x")
 

@@ -27,8 +27,8 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from cocyclereg.grid import Grid
-from cocyclereg.resample import resample_to_grid
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import resample_to_grid
 
 CHECKER_MM = 16.0
 HEAD_THRESHOLD = 0.05  # of the fixed image's intensity window: the head outline

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
 
 Interpolation = Literal["linear", "nearest", "label"]
 

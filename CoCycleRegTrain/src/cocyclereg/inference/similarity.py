@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
 
 BINS = 32
 FOREGROUND = 0.1  # fixed voxels above this normalised intensity count as foreground

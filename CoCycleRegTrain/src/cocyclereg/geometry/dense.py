@@ -4,7 +4,7 @@ The registration's fields live on the coarse model grid; users need them on the 
 moving) image's own grid, composed with the pre-alignment, and the moving image and labelmaps
 resampled through them. ITK does this point by point (``TransformToDisplacementFieldFilter``
 on a ``CompositeTransform``, ``ResampleImageFilter``); this module gives the same numbers with
-compiled loops (:mod:`cocyclereg.kernels`) that visit each target voxel once:
+compiled loops (:mod:`cocyclereg.geometry.kernels`) that visit each target voxel once:
 
 * :func:`composed_displacement`: ``T(p) - p`` at every voxel centre ``p`` of a target grid, for
   ``T(p) = after(r + u(r))`` with ``r = before(p)``; ``u`` is a displacement field in LPS mm on
@@ -34,15 +34,15 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from cocyclereg import kernels
-from cocyclereg.grid import Grid
-from cocyclereg.resample import Interpolation
+from cocyclereg.geometry import kernels
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.resample import Interpolation
 
 LinearMap = tuple[np.ndarray, np.ndarray]
 
 
 def _affine_plus_field(target, field_mm, field_grid, before, after, output) -> tuple:
-    """The arguments of :func:`cocyclereg.kernels.affine_plus_field` for the value
+    """The arguments of :func:`cocyclereg.geometry.kernels.affine_plus_field` for the value
     ``Q T(p) + q + S p`` (``output = (Q, q, S)``) at the voxel centres ``p`` of ``target``, with
     ``T(p) = after(r + u(r))``, ``r = before(p)``.
 
@@ -108,8 +108,8 @@ def resample_through(
     as ITK's ``ResampleImageFilter`` does (module docstring). ``(image, "linear")`` gives
     float32, ``(image, "label"/"nearest")`` keeps the pixel type. ``default_values``: value
     outside the image (``None``: its minimum for linear, 0 for labels, as
-    :func:`cocyclereg.resample.resample_to_grid`). The nearest source voxels are found once for
-    all the labelmaps."""
+    :func:`cocyclereg.geometry.resample.resample_to_grid`). The nearest source voxels are found once
+    for all the labelmaps."""
     if not images:
         return []
     source = Grid.from_image(images[0][0])

@@ -123,7 +123,8 @@ def deformation_residual(
     ``(N, 3, D, H, W)``, channels D, H, W). ``deformed="a"``: ``a_def(p) = a(p + deformation(p))``
     and a perfect flow satisfies ``p + flow(p) + deformation(p + flow(p)) = p``;
     ``deformed="b"``: a perfect flow equals ``deformation``. ``warp`` is a
-    :class:`cocyclereg.spatial_transformer.SpatialTransformer`. Returns ``(N, 3, D, H, W)``.
+    :class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer`. Returns ``(N, 3, D, H,
+    W)``.
     """
     if deformed == "a":
         return flow + warp(deformation, flow)

@@ -18,7 +18,7 @@ import torch
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, zoom
 from scipy.spatial.transform import Rotation
 
-from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
 
 MIN_JACOBIAN = 0.1  # smallest Jacobian determinant an elastic field may have anywhere
 SMOOTHING_PER_CONTROL_SPACING = 0.25  # Gaussian sigma of the elastic field, in control spacings
@@ -114,8 +114,8 @@ def random_elastic_flow(
     voxel, Gaussian-smoothed with sigma ``control_spacing_mm / 4`` mm, and scaled so that the
     largest displacement length is a uniform random fraction in [0.5, 1] of
     ``max_displacement_mm``. If the Jacobian determinant ``det(I + grad u)`` (central
-    differences, as :mod:`cocyclereg.jacobian` computes it) falls to 0.1 or below anywhere, the
-    amplitude shrinks by steps of 10 % until it is above 0.1 everywhere, so the largest length
+    differences, as :mod:`cocyclereg.geometry.jacobian` computes it) falls to 0.1 or below anywhere,
+    the amplitude shrinks by steps of 10 % until it is above 0.1 everywhere, so the largest length
     may then be below half of ``max_displacement_mm``; it never exceeds it.
 
     Args:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from cocyclereg import kernels
-from cocyclereg.grid import Grid
+from cocyclereg.geometry import kernels
+from cocyclereg.geometry.grid import Grid
 
 
 def jacobian_determinant_array(
@@ -27,7 +27,7 @@ def jacobian_determinant_array(
     With ``M`` the grid's index-to-physical matrix and ``G`` the index derivatives of ``u``,
     ``I + grad u = I + G M^-1 = (M + G) M^-1``, so ``J = det(M + G) / det(M)``: one
     closed-form 3x3 determinant per voxel, in one compiled pass
-    (:func:`cocyclereg.kernels.jacobian_determinant`).
+    (:func:`cocyclereg.geometry.kernels.jacobian_determinant`).
     """
     displacement_mm = np.asarray(displacement_mm)
     if displacement_mm.dtype not in (np.float32, np.float64):

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cocyclereg.errors import GeometryError, InputError
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
 from cocyclereg.io import atomic_output, full_suffix
 
 TRANSFORM_FILE_SUFFIXES = (".h5", ".hdf5")

@@ -11,7 +11,8 @@ Stages (each timed):
 3. ``network``: one pass of R gives both fields (voxels on the model grid); skipped when the
    refinement starts from zero fields instead (``use_network``).
 4. ``refine``: optional instance optimisation of the fields on this pair
-   (:mod:`cocyclereg.refine`; the model file recommends the number of steps and the start).
+   (:mod:`cocyclereg.inference.refine`; the model file recommends the number of steps and the
+   start).
 5. ``output``: the forward transform ``T(p) = A(p + u(p))`` sampled on the fixed image's own
    grid, the inverse ``T^-1(m) = q + v(q)`` with ``q = A^-1(m)`` sampled on the moving image's
    grid, the warped moving image and labelmaps, and ``det(I + grad(T - id))`` on the fixed grid.
@@ -32,32 +33,32 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from cocyclereg import kernels
 from cocyclereg.config import NormalizationConfig, Refinement
-from cocyclereg.dense import composed_displacement, resample_through
 from cocyclereg.device import resolve_device
-from cocyclereg.displacement import (
+from cocyclereg.errors import GeometryError, InputError
+from cocyclereg.geometry import kernels
+from cocyclereg.geometry.dense import composed_displacement, resample_through
+from cocyclereg.geometry.displacement import (
     affine_parameters,
     displacement_field_image,
     voxel_flow_to_displacement_mm,
 )
-from cocyclereg.errors import GeometryError, InputError
-from cocyclereg.grid import Grid, foreground_mask, model_grid
-from cocyclereg.inverse import inverse_flow as inverse_flow_of
-from cocyclereg.io import read_image, read_labels
-from cocyclereg.jacobian import (
+from cocyclereg.geometry.grid import Grid, foreground_mask, model_grid
+from cocyclereg.geometry.inverse import inverse_flow as inverse_flow_of
+from cocyclereg.geometry.jacobian import (
     FoldingStats,
     determinant_image,
     folding_stats,
     jacobian_determinant_array,
 )
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.inference.normalize import normalize
+from cocyclereg.inference.plausibility import check_registration_inputs
+from cocyclereg.inference.refine import flow_on_grid, refine_flow
+from cocyclereg.inference.similarity import registration_similarity
+from cocyclereg.io import read_image, read_labels
 from cocyclereg.model_file import ModelInfo, load_model
 from cocyclereg.networks import DualHeadUNet
-from cocyclereg.normalize import normalize
-from cocyclereg.plausibility import check_registration_inputs
-from cocyclereg.refine import flow_on_grid, refine_flow
-from cocyclereg.resample import resample_to_grid
-from cocyclereg.similarity import registration_similarity
 
 LPS_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -67,8 +68,8 @@ class RegistrationResult:
     """Everything one registration produces; images are SimpleITK images with full geometry.
     The transforms are float32 displacement fields (LPS mm), as written to their files.
     ``moving_modality``/``fixed_modality``: the model modality each image was taken as;
-    ``similarity``: :func:`cocyclereg.similarity.registration_similarity`'s NMI ``before``,
-    ``prealigned`` and ``after`` (higher is better)."""
+    ``similarity``: :func:`cocyclereg.inference.similarity.registration_similarity`'s NMI
+    ``before``, ``prealigned`` and ``after`` (higher is better)."""
 
     transform: sitk.Image
     inverse_transform: sitk.Image | None
@@ -312,7 +313,7 @@ def register(
         progress: called with each stage's name (``load``, ``affine``, ``preprocess``,
             ``network``, ``refine``, ``output``) as it starts.
         refine_steps: Adam steps of instance optimisation after the network
-            (:mod:`cocyclereg.refine`); ``None``: the model file's recommendation; 0: the
+            (:mod:`cocyclereg.inference.refine`); ``None``: the model file's recommendation; 0: the
             network's fields as they are. The inverse field is refined only if ``inverse``.
         use_network: start the refinement from the network's fields; ``False``: from zero
             fields (the pre-aligned images as they are), so only the model's grid,
@@ -322,11 +323,12 @@ def register(
             field stays on the model grid) and voxel size in mm, never finer than the fixed
             image's finest voxels (none if those are no finer than the model grid); ``None``:
             the model file's recommendation (:class:`cocyclereg.config.Refinement`). With a
-            finer level the inverse is the forward field's inverse (:mod:`cocyclereg.inverse`),
-            consistent with it by construction, instead of a second refined field.
+            finer level the inverse is the forward field's inverse
+            (:mod:`cocyclereg.geometry.inverse`), consistent with it by construction, instead of a
+            second refined field.
         check_modality: refuse (:class:`InputError`) an input that does not look like the
-            modality the model expects there (:mod:`cocyclereg.plausibility`: a CT given as
-            MRI, an MRI given as CT); ``False`` for the user who knows better.
+            modality the model expects there (:mod:`cocyclereg.inference.plausibility`: a CT given
+            as MRI, an MRI given as CT); ``False`` for the user who knows better.
     """
     report = progress or (lambda stage: None)
     seconds: dict[str, float] = {}

@@ -1,7 +1,7 @@
 """Writing a registration's results: every output file together or none, and its JSON summary.
 
 Shared by ``cocyclereg register`` and ``cocyclereg demo`` (and any script that calls
-:func:`cocyclereg.register.register`).
+:func:`cocyclereg.inference.register.register`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cocyclereg.displacement import (
+from cocyclereg.errors import InputError
+from cocyclereg.geometry.displacement import (
     FIELD_IMAGE_SUFFIXES,
     TRANSFORM_FILE_SUFFIXES,
     write_displacement_transform,
 )
-from cocyclereg.errors import InputError
 from cocyclereg.io import WRITABLE_VOLUME_SUFFIXES, atomic_outputs, full_suffix, write_image
 
 # The file types each kind of output can be written as.
@@ -149,9 +149,9 @@ def write_registration_outputs(
     warped_labels: Sequence[Path] = (),
     extra: Sequence[tuple[Path, Callable[[Path], object]]] = (),
 ) -> list[Path]:
-    """Write the outputs of a :class:`~cocyclereg.register.RegistrationResult`, all together or
-    none: each goes to a temporary name beside its target, and all are renamed only when every
-    one is complete. Returns the paths written, in the order given.
+    """Write the outputs of a :class:`~cocyclereg.inference.register.RegistrationResult`, all
+    together or none: each goes to a temporary name beside its target, and all are renamed only when
+    every one is complete. Returns the paths written, in the order given.
 
     ``warped_labels`` matches ``result.warped_labels``. ``extra`` holds ``(path, write)`` pairs
     for further files (summary, figure): ``write(temporary_path)`` writes one; they run after

@@ -33,21 +33,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from cocyclereg import __version__, losses
-from cocyclereg.augment import random_elastic_flow
+from cocyclereg import __version__
 from cocyclereg.config import Config, ConfigError, Refinement, config_from_dict
-from cocyclereg.data import PairedVolumes, load_cases, load_label_maps
 from cocyclereg.device import resolve_device
-from cocyclereg.displacement import voxel_flow_to_displacement_mm
 from cocyclereg.errors import CoCycleRegError
-from cocyclereg.grid import Grid
+from cocyclereg.evaluation.metrics import dice, hd95
+from cocyclereg.geometry.displacement import voxel_flow_to_displacement_mm
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant_array
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer, warp_labels
+from cocyclereg.inference.plausibility import intensity_section
 from cocyclereg.io import atomic_output
-from cocyclereg.jacobian import folding_stats, jacobian_determinant_array
-from cocyclereg.metrics import dice, hd95
+from cocyclereg.learning import losses
+from cocyclereg.learning.augment import random_elastic_flow
+from cocyclereg.learning.data import PairedVolumes, load_cases, load_label_maps
+from cocyclereg.learning.pipeline import CoCycleNetworks, CoCycleObjective
 from cocyclereg.model_file import ModelInfo, load_model, save_model
-from cocyclereg.pipeline import CoCycleNetworks, CoCycleObjective
-from cocyclereg.plausibility import intensity_section
-from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
 
 CHECKPOINT_FORMAT = 1
 
@@ -650,7 +651,7 @@ def residual_error_mm(
 
     ``flow``: R's x->y resampling field, ``deformation``: the known resampling field that
     deformed modality ``deformed`` (``"x"`` or ``"y"``) of the pair (both ``(N, 3, D, H, W)``
-    voxels, channels D, H, W); see :func:`cocyclereg.losses.deformation_residual`. For R's
+    voxels, channels D, H, W); see :func:`cocyclereg.learning.losses.deformation_residual`. For R's
     y->x field, whose moving image is ``y``, pass the other side. Returns ``(N, D, H, W)``.
     """
     residual = losses.deformation_residual(flow, deformation, "a" if deformed == "x" else "b", warp)
@@ -727,9 +728,10 @@ def export_checkpoint(
 
 
 def training_intensity(config: Config) -> dict[str, Any]:
-    """The model file's ``intensity`` section (:func:`cocyclereg.plausibility.intensity_section`)
-    from the x and y images of ``config.data.train`` (each file once); empty when that list
-    cannot be read here (the section is optional)."""
+    """The model file's ``intensity`` section
+    (:func:`cocyclereg.inference.plausibility.intensity_section`) from the x and y images of
+    ``config.data.train`` (each file once); empty when that list cannot be read here (the section is
+    optional)."""
     data = config.data
     try:
         cases = load_cases(data.train, data)

@@ -1,7 +1,7 @@
 """Registering many pairs: one output folder per pair, resumable.
 
-The pairs come from a manifest (:mod:`cocyclereg.manifest`). Dice and HD95 are scored for each
-moving labelmap that has a fixed counterpart.
+The pairs come from a manifest (:mod:`cocyclereg.inference.manifest`). Dice and HD95 are scored for
+each moving labelmap that has a fixed counterpart.
 
 Each pair's outputs go to ``OUTPUT/<id>/`` under the names ``cocyclereg demo`` uses
 (``transform.h5``, ``inverse-transform.h5``, ``warped_<moving modality>.nii.gz``,
@@ -13,8 +13,8 @@ skips a pair whose folder records the same settings and registers it again other
 
 Work runs in one process (``workers=1``: the model and the compiled kernels are loaded once),
 in a pool of ``workers`` processes on this machine (the CPU cores split between them), or on a
-Dask distributed cluster (``scheduler``; :mod:`cocyclereg.batch_dask`). A pair that fails is
-reported with its error and the others go on.
+Dask distributed cluster (``scheduler``; :mod:`cocyclereg.inference.batch_dask`). A pair that fails
+is reported with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
-from cocyclereg.manifest import Pair, label_name, read_manifest
+from cocyclereg.inference.manifest import Pair, label_name, read_manifest
 
 SUMMARY_NAME = "summary.json"
 RESULT_COLUMNS = (
@@ -65,7 +65,7 @@ class RegistrationSettings:
     """The options of ``cocyclereg register`` that apply to every pair of a batch.
 
     ``model`` is a model file or a bundled model's name (``None``: the default bundled model);
-    the rest are :func:`cocyclereg.register.register`'s arguments of the same names
+    the rest are :func:`cocyclereg.inference.register.register`'s arguments of the same names
     (``network`` is its ``use_network``; ``refine_steps``, ``network``, ``fine_steps`` and
     ``fine_spacing_mm`` ``None``: the model's recommendation). ``device`` is not recorded
     with a pair's outputs: a pair done on the CPU is not redone on a GPU.
@@ -240,7 +240,7 @@ def start_worker(threads: int | None) -> None:
     import SimpleITK as sitk
     import torch
 
-    from cocyclereg import kernels
+    from cocyclereg.geometry import kernels
 
     _worker_threads = threads
     if threads is not None:
@@ -260,7 +260,8 @@ def _loaded_model(model: Path, sha256: str | None, device: str):
 
 
 def _moving_modality(info, fixed_modality: str | None, moving_modality: str | None) -> str:
-    """The moving image's modality name, as :func:`cocyclereg.register.register` chooses it."""
+    """The moving image's modality name, as :func:`cocyclereg.inference.register.register` chooses
+    it."""
     if moving_modality is not None:
         return moving_modality
     if fixed_modality is not None:
@@ -272,10 +273,10 @@ def _scores(result, fixed_label_paths: Sequence[Path]):
     """Dice and HD95 of each warped labelmap of ``result`` against its fixed labelmap."""
     import SimpleITK as sitk
 
-    from cocyclereg.evaluate import Evaluation
-    from cocyclereg.grid import Grid
+    from cocyclereg.evaluation.evaluate import Evaluation
+    from cocyclereg.evaluation.metrics import dice, hd95
+    from cocyclereg.geometry.grid import Grid
     from cocyclereg.io import read_labels
-    from cocyclereg.metrics import dice, hd95
 
     fixed_grid = Grid.from_image(result.transform)
     scores = []
@@ -293,7 +294,7 @@ def _scores(result, fixed_label_paths: Sequence[Path]):
 
 def _write_pair(task: PairTask, result, scores, started: float) -> PairResult:
     """Write the pair's folder (a hidden sibling first, renamed when complete); its result."""
-    from cocyclereg.outputs import registration_summary, write_registration_outputs
+    from cocyclereg.inference.outputs import registration_summary, write_registration_outputs
 
     pair, output, settings = task.pair, task.output, task.settings
     modality = _moving_modality(result.model, settings.fixed_modality, settings.moving_modality)
@@ -366,7 +367,7 @@ def register_pair(task: PairTask) -> PairResult:
     with _ONE_AT_A_TIME:
         started = time.perf_counter()
         try:
-            from cocyclereg.register import register
+            from cocyclereg.inference.register import register
 
             if _worker_threads is not None:
                 import torch
@@ -539,7 +540,7 @@ def register_many(
             return
         if scheduler is not None:
             try:
-                from cocyclereg.batch_dask import dask_results
+                from cocyclereg.inference.batch_dask import dask_results
             except ImportError:
                 raise InputError(
                     'a scheduler needs Dask: pip install "cocyclereg[distributed]"'

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cocyclereg import losses
 from cocyclereg.config import Config
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
+from cocyclereg.learning import losses
 from cocyclereg.networks import DualHeadUNet, PatchDiscriminator, ResnetGenerator
-from cocyclereg.spatial_transformer import SpatialTransformer
 
 
 class CoCycleNetworks(nn.Module):

@@ -7,7 +7,7 @@ its ``y`` image (:func:`preprocess_case`), and normalised to [0, 1]. The dataset
 (:class:`PairedVolumes`) then deforms one modality with a seeded random field per sample, as the
 CoCycleReg paper built its training pairs, so the field that misaligns the pair is known.
 Label maps (:func:`load_label_maps`) add synthetic pairs with random contrasts
-(:mod:`cocyclereg.synthesis`).
+(:mod:`cocyclereg.learning.synthesis`).
 """
 
 from __future__ import annotations
@@ -26,20 +26,20 @@ from scipy.ndimage import binary_dilation
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from cocyclereg.augment import (
+from cocyclereg.config import ConfigError, DataConfig
+from cocyclereg.errors import InputError
+from cocyclereg.geometry.grid import Grid, model_grid
+from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer, warp_labels
+from cocyclereg.inference.normalize import normalize
+from cocyclereg.io import VOLUME_SUFFIXES, full_suffix, read_image, read_labels
+from cocyclereg.learning.augment import (
     appearance_jitter,
     compose_flows,
     random_affine_flow,
     random_elastic_flow,
 )
-from cocyclereg.config import ConfigError, DataConfig
-from cocyclereg.errors import InputError
-from cocyclereg.grid import Grid, model_grid
-from cocyclereg.io import VOLUME_SUFFIXES, full_suffix, read_image, read_labels
-from cocyclereg.normalize import normalize
-from cocyclereg.resample import resample_to_grid
-from cocyclereg.spatial_transformer import SpatialTransformer, warp_labels
-from cocyclereg.synthesis import synthesize_image
+from cocyclereg.learning.synthesis import synthesize_image
 
 # File names (without suffix) a case folder's shared labelmap may have, in order of preference.
 LABEL_NAMES = ("labels", "tumor", "seg", "aseg")
@@ -248,8 +248,8 @@ def _labels_on_grid(
 def preprocess_case(case: Case, data: DataConfig) -> PreparedCase:
     """Read ``case``, resample it onto its model grid and normalise its intensities.
 
-    The grid is :func:`cocyclereg.grid.model_grid` of the ``y`` image with ``data.spacing`` and
-    ``data.size`` (ITK order (i, j, k)), LPS-aligned when ``data.orientation == "LPS"``, in the
+    The grid is :func:`cocyclereg.geometry.grid.model_grid` of the ``y`` image with ``data.spacing``
+    and ``data.size`` (ITK order (i, j, k)), LPS-aligned when ``data.orientation == "LPS"``, in the
     ``y`` image's own orientation otherwise. Images are resampled linearly, labelmaps by
     nearest neighbour; ``x`` and ``y`` are normalised with ``data.x_normalization`` and
     ``data.y_normalization`` (percentiles over all voxels above the resampled volume's minimum).
@@ -346,8 +346,8 @@ class PairedVolumes(Dataset):
 
     Training (``training=True``): one item per case, then ``data.synthetic_repeats`` per label
     map (synthetic pairs: two independent random-contrast images of the map,
-    :func:`cocyclereg.synthesis.synthesize_image`); the sample of ``index`` in ``epoch`` draws
-    from ``numpy.random.default_rng([seed, epoch, index])``. In order: the misalignment (an
+    :func:`cocyclereg.learning.synthesis.synthesize_image`); the sample of ``index`` in ``epoch``
+    draws from ``numpy.random.default_rng([seed, epoch, index])``. In order: the misalignment (an
     elastic field, ``data.augmentation.elastic``, unless the pair is drawn undeformed; then an
     affine ``.affine`` and a rigid residual composed after it), the side (``data.deform``), the
     anatomy change applied to both images (``.anatomy``), and the appearance of each image

@@ -1,11 +1,11 @@
 """Running a batch's pairs on a Dask distributed cluster (``pip install
 "cocyclereg[distributed]"``).
 
-Each pair is one task of :func:`cocyclereg.batch.register_pair`. A worker plugin prepares every
-worker process once (:func:`cocyclereg.batch.start_worker`: its share of the host's cores, the
-compiled kernels loaded), and each process keeps the models it has loaded, so a worker loads a
-model once however many pairs it runs. When a worker dies, the scheduler runs its pairs again
-on another; since a pair's folder appears only by renaming a complete one, the dead worker's
+Each pair is one task of :func:`cocyclereg.inference.batch.register_pair`. A worker plugin prepares
+every worker process once (:func:`cocyclereg.inference.batch.start_worker`: its share of the host's
+cores, the compiled kernels loaded), and each process keeps the models it has loaded, so a worker
+loads a model once however many pairs it runs. When a worker dies, the scheduler runs its pairs
+again on another; since a pair's folder appears only by renaming a complete one, the dead worker's
 half-done pair leaves nothing behind. Paths must be the same on every worker (a shared file
 system).
 """
@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 
 from distributed import Client, WorkerPlugin, as_completed
 
-from cocyclereg.batch import (
+from cocyclereg.errors import InputError
+from cocyclereg.inference.batch import (
     PairResult,
     PairTask,
     available_cores,
@@ -27,7 +28,6 @@ from cocyclereg.batch import (
     register_pair,
     start_worker,
 )
-from cocyclereg.errors import InputError
 
 
 def _host(address: str) -> str:

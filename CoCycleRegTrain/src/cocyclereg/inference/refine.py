@@ -12,8 +12,8 @@ Adam scales every gradient to a unit step, so voxels pushed by the regulariser a
 wander (and fold) with nothing in the images to hold them.
 
 A finer level (:class:`cocyclereg.config.Refinement`) runs the same steps on a grid of finer
-voxels over the same box (:meth:`cocyclereg.grid.Grid.with_spacing`), the field carried there
-by :func:`flow_on_grid` and the images resampled from their full resolution.
+voxels over the same box (:meth:`cocyclereg.geometry.grid.Grid.with_spacing`), the field carried
+there by :func:`flow_on_grid` and the images resampled from their full resolution.
 
 Shapes and units: ``flow`` is ``(N, 3, D, H, W)`` in voxels of its grid, channel order
 (D, H, W), pulling ``source`` onto ``target``'s grid (``W(source, flow) ~ target``); both images
@@ -26,12 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cocyclereg import kernels
 from cocyclereg.config import Refinement
-from cocyclereg.dense import composed_displacement
-from cocyclereg.displacement import displacement_mm_to_voxel_flow, voxel_flow_to_displacement_mm
-from cocyclereg.grid import Grid
-from cocyclereg.losses import gaussian_blur, mind_ssc
+from cocyclereg.geometry import kernels
+from cocyclereg.geometry.dense import composed_displacement
+from cocyclereg.geometry.displacement import (
+    displacement_mm_to_voxel_flow,
+    voxel_flow_to_displacement_mm,
+)
+from cocyclereg.geometry.grid import Grid
+from cocyclereg.learning.losses import gaussian_blur, mind_ssc
 
 
 def refine_flow(
@@ -47,7 +50,7 @@ def refine_flow(
 
     Returns a new tensor (no gradient history) on ``flow``'s device; ``flow`` is unchanged.
     On the CPU (float32) the similarity's gradient comes from one compiled pass
-    (:func:`cocyclereg.kernels.warped_mismatch_gradient`), elsewhere from autograd through
+    (:func:`cocyclereg.geometry.kernels.warped_mismatch_gradient`), elsewhere from autograd through
     the warp: the same numbers (tested), except where a point lands exactly on a voxel centre
     (a zero start field): there the interpolant has a kink, the compiled pass takes the mean
     of its one-sided slopes and autograd one of them, chosen by float rounding.
@@ -85,8 +88,8 @@ def refine_flow(
 
 
 def smoothness_gradient(flow: torch.Tensor) -> torch.Tensor:
-    """``d smoothness(flow) / d flow`` (:func:`cocyclereg.losses.smoothness`), ``flow``'s shape,
-    in closed form: for each axis, ``2 (d[i-1] - d[i]) / (3 n)`` with ``d`` the forward
+    """``d smoothness(flow) / d flow`` (:func:`cocyclereg.learning.losses.smoothness`), ``flow``'s
+    shape, in closed form: for each axis, ``2 (d[i-1] - d[i]) / (3 n)`` with ``d`` the forward
     differences along it (zero beyond the ends) and ``n`` their count. The same numbers as
     autograd (tested) at a fraction of its cost on a fine grid."""
     gradient = torch.zeros_like(flow, memory_format=torch.contiguous_format)
@@ -106,7 +109,7 @@ def flow_on_grid(flow: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     e.g. the model grid and :meth:`Grid.with_spacing` of it): ``(1, 3, D, H, W)`` voxels of
     ``grid`` -> ``(1, 3, D', H', W')`` voxels of ``target``, float32 on ``flow``'s device. The
     displacement in mm is interpolated as ITK's DisplacementFieldTransform interpolates it
-    (:func:`cocyclereg.dense.composed_displacement`: trilinear, zero beyond half a voxel
+    (:func:`cocyclereg.geometry.dense.composed_displacement`: trilinear, zero beyond half a voxel
     outside ``grid``), so the finer grid starts from exactly the map the coarse one gave."""
     field_mm = voxel_flow_to_displacement_mm(flow[0].double().cpu().numpy(), grid)
     moved_mm = composed_displacement(target, field_mm, grid)
@@ -139,13 +142,13 @@ def _autograd_mismatch_gradient(source_descriptor, target_descriptor, displaceme
 def _channels_last(source_descriptor: torch.Tensor) -> list[np.ndarray]:
     """Per batch item, the source descriptor as a contiguous ``(D, H, W, C)`` numpy array:
     each voxel's channels side by side, as
-    :func:`cocyclereg.kernels.warped_mismatch_gradient` reads them."""
+    :func:`cocyclereg.geometry.kernels.warped_mismatch_gradient` reads them."""
     return [item.permute(1, 2, 3, 0).contiguous().numpy() for item in source_descriptor]
 
 
 def _compiled_mismatch_gradient(sources, target_descriptor, displacement, voxels):
     """As :func:`_autograd_mismatch_gradient`, for float32 CPU tensors, by
-    :func:`cocyclereg.kernels.warped_mismatch_gradient`; ``sources`` from
+    :func:`cocyclereg.geometry.kernels.warped_mismatch_gradient`; ``sources`` from
     :func:`_channels_last`, ``target_descriptor`` ``(N, M, C)``."""
     voxels = np.ascontiguousarray(voxels.numpy())
     items, (count, channels) = displacement.shape[0], target_descriptor.shape[1:]

@@ -2,8 +2,8 @@
 
 Labelmaps are integer arrays of equal shape, numpy arrays or torch tensors (on any device);
 label 0 is background and never scored. Distances are in mm: the voxel spacing is given in the
-array axis order (D, H, W) = (k, j, i), or as the :class:`~cocyclereg.grid.Grid` the labelmaps
-lie on.
+array axis order (D, H, W) = (k, j, i), or as the :class:`~cocyclereg.geometry.grid.Grid` the
+labelmaps lie on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
-from cocyclereg.grid import Grid
+from cocyclereg.geometry.grid import Grid
 
 HD_PERCENTILE = 95.0
 

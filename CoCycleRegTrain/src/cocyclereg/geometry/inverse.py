@@ -6,9 +6,9 @@ those points back: ``p + v(p) = q`` whenever ``q + u(q) = p``, that is ``v(p) = 
 Iterating ``v <- -u(p + v)`` (trilinear, positions clamped to the grid) converges where the
 map is a contraction, i.e. where ``u``'s voxel gradient stays below 1: every field free of
 folding that a smooth registration gives. The step at a voxel reads only ``u``, so every voxel
-iterates on its own: on the CPU a compiled loop (:func:`cocyclereg.kernels.inverse_flow`)
+iterates on its own: on the CPU a compiled loop (:func:`cocyclereg.geometry.kernels.inverse_flow`)
 stops each voxel once it has converged; elsewhere whole-field steps with
-:class:`~cocyclereg.spatial_transformer.SpatialTransformer` run ``iterations`` times.
+:class:`~cocyclereg.geometry.spatial_transformer.SpatialTransformer` run ``iterations`` times.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cocyclereg import kernels
-from cocyclereg.spatial_transformer import SpatialTransformer
+from cocyclereg.geometry import kernels
+from cocyclereg.geometry.spatial_transformer import SpatialTransformer
 
 ITERATIONS = 40
 TOLERANCE_VOXELS = 1e-2
