@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cocyclereg.config import PRESETS, ConfigError, load_config
@@ -67,3 +69,12 @@ def test_missing_or_broken_file(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="huge")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_configuration_loads_and_passes_the_checks(path):
+    config = load_config(path)
+    assert config.data.train or config.data.synthetic
+    assert config.train.output.startswith("runs/")  # never inside the package
