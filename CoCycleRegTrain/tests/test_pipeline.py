@@ -19,18 +19,7 @@ from cocyclereg.geometry.spatial_transformer import SpatialTransformer
 from cocyclereg.learning.data import PairedVolumes, load_cases
 from cocyclereg.learning.pipeline import CoCycleObjective, Translations
 from cocyclereg.learning.training import residual_error_mm
-
-
-class _FreeFields(nn.Module):
-    """Stands in for R: two learnable (1, 3, D, H, W) voxel fields, whatever the input."""
-
-    def __init__(self, shape: torch.Size) -> None:
-        super().__init__()
-        self.x2y = nn.Parameter(torch.zeros(shape))
-        self.y2x = nn.Parameter(torch.zeros(shape))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x2y, self.y2x
+from cocyclereg.learning.translator_gate import FreeFields
 
 
 @pytest.mark.parametrize("mode", ["cocycle", "sepcycle"])
@@ -54,7 +43,7 @@ def test_the_objective_with_ideal_translators_recovers_a_real_deformation(data_d
     x, y, deformation = item["x"][None], item["y"][None], item["deformation"][None]
     assert config.data.deform == "x"
 
-    fields = _FreeFields(deformation.shape)
+    fields = FreeFields(deformation.shape)
     same = nn.Identity()
     critic = {"discriminate_x": torch.mean, "discriminate_y": torch.mean}  # GAN terms: no R
     objective = CoCycleObjective(

@@ -163,6 +163,13 @@ class CoCycleObjective:
             errors.append(error.mean())
         return torch.stack(errors).mean()
 
+    @staticmethod
+    def _gan(translations: Translations, discriminators: dict[str, nn.Module]) -> torch.Tensor:
+        """The generators' LSGAN term: D_y scores ``T_x2y(x)``, D_x scores ``T_y2x(y)``."""
+        scores_y = discriminators["discriminate_y"](translations.fake_y)
+        scores_x = discriminators["discriminate_x"](translations.fake_x)
+        return losses.lsgan_generator(scores_y) + losses.lsgan_generator(scores_x)
+
     def translate(self, x: torch.Tensor, y: torch.Tensor) -> Translations:
         return Translations(
             fake_y=self.modules["translate_x2y"](x), fake_x=self.modules["translate_y2x"](y)
@@ -201,8 +208,7 @@ class CoCycleObjective:
             assert translations is not None and discriminators is not None
             terms = {
                 "similarity": self._l1(translations.fake_y, y) + self._l1(translations.fake_x, x),
-                "gan": losses.lsgan_generator(discriminators["discriminate_y"](translations.fake_y))
-                + losses.lsgan_generator(discriminators["discriminate_x"](translations.fake_x)),
+                "gan": self._gan(translations, discriminators),
             }
             return w.similarity * terms["similarity"] + w.gan * terms["gan"], terms
         flow_x2y, flow_y2x = self.modules["registration"](x, y)
@@ -233,9 +239,7 @@ class CoCycleObjective:
         y_hat = self.warp(translations.fake_y, flow_x2y)
         x_hat_prime = self.warp(translations.fake_x, flow_y2x)
         terms["similarity"] = self._l1(y_hat, y) + self._l1(x_hat_prime, x)
-        terms["gan"] = losses.lsgan_generator(
-            discriminators["discriminate_y"](translations.fake_y)
-        ) + losses.lsgan_generator(discriminators["discriminate_x"](translations.fake_x))
+        terms["gan"] = self._gan(translations, discriminators)
         if w.mode == "cocycle":
             x_hat = self.warp(t_y2x(y_hat), flow_y2x)
             y_hat_prime = self.warp(t_x2y(x_hat_prime), flow_x2y)

@@ -29,7 +29,7 @@ from cocyclereg.learning.training import residual_error_mm
 HEADS = ("x2y", "y2x")
 
 
-class _FreeFields(nn.Module):
+class FreeFields(nn.Module):
     """Stands in for R: two learnable ``(1, 3, D, H, W)`` voxel fields, whatever the input."""
 
     def __init__(self, shape: torch.Size) -> None:
@@ -100,7 +100,7 @@ def free_field_gate(
             item = pairs[index]
             x, y = item["x"][None].to(device), item["y"][None].to(device)
             deformation, deformed = item["deformation"][None].to(device), item["deformed"]
-            fields = _FreeFields(deformation.shape).to(device)
+            fields = FreeFields(deformation.shape).to(device)
             objective = CoCycleObjective(
                 {
                     "registration": fields,
