@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cocyclereg import descriptors
 from cocyclereg.learning import losses
 
 
@@ -34,7 +35,7 @@ def test_mind_ssc_is_modality_independent_but_sees_structure():
     image = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 20, 20, 20), 3, 1, 1)
     inverted = 1 - 2 * image  # a different "modality": inverted contrast, other scale
     shifted = torch.roll(image, shifts=3, dims=-1)
-    descriptor = losses.mind_ssc(image)
+    descriptor = descriptors.mind_ssc(image)
     assert descriptor.shape == (1, 12, 20, 20, 20)
     assert descriptor.min() > 0 and descriptor.max() <= 1 + 1e-6
     assert losses.mind_loss(image, inverted).item() < 1e-8
@@ -42,8 +43,8 @@ def test_mind_ssc_is_modality_independent_but_sees_structure():
 
 
 def test_twelve_ssc_pairs_are_the_edges_between_face_neighbours():
-    assert len(losses._SSC_PAIRS) == 12
-    for a, b in losses._SSC_PAIRS:
+    assert len(descriptors._SSC_PAIRS) == 12
+    for a, b in descriptors._SSC_PAIRS:
         assert sum(abs(p) for p in a) == sum(abs(q) for q in b) == 1
         assert sum((p - q) ** 2 for p, q in zip(a, b, strict=True)) == 2
 

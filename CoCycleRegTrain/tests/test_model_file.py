@@ -152,3 +152,29 @@ def test_a_saved_model_has_the_permissions_of_any_new_file(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(plain).st_mode & 0o777)
+
+
+def test_the_input_features_travel_with_the_model_and_old_files_mean_images(tmp_path):
+    torch.manual_seed(0)
+    network = DualHeadUNet(
+        (8, 16, 16, 16, 16), (16, 16, 16, 16, 8, 8), head_init_std=0.1, input_features="mind"
+    )
+    info = _info()
+    mind_info = ModelInfo(
+        **{**info.__dict__, "architecture": {**info.architecture, "input_features": "mind"}}
+    )
+    loaded, _ = load_model(save_model(tmp_path / "mind.cocyclereg", network, mind_info))
+    assert loaded.input_features == "mind"
+    x, y = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    for a, b in zip(network(x, y), loaded(x, y), strict=True):
+        torch.testing.assert_close(a, b)
+    # A file written before the option existed has no "input_features": it took the images.
+    plain = DualHeadUNet((8, 16, 16, 16, 16), (16, 16, 16, 16, 8, 8))
+    assert "input_features" not in info.architecture
+    assert (
+        load_model(save_model(tmp_path / "plain.cocyclereg", plain, info))[0].input_features
+        == "images"
+    )
+    # Weights of one kind under the description of the other are refused, saying so.
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_model(save_model(tmp_path / "wrong.cocyclereg", network, info))

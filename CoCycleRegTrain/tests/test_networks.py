@@ -180,3 +180,54 @@ def test_an_unknown_backbone_initialisation_is_refused():
         DualHeadUNet(backbone_init="xavier")
     with pytest.raises(Exception, match="backbone_init"):
         load_config(preset="cpu-small", overrides=["model.registration.backbone_init=xavier"])
+
+
+def _stroke_t1(data_dir) -> torch.Tensor:
+    """The stroke subject's T1 on a 32x48x32 grid of 5 mm voxels, normalised to [0, 1]."""
+    import SimpleITK as sitk
+
+    from cocyclereg.geometry.grid import model_grid
+    from cocyclereg.geometry.resample import resample_to_grid
+
+    image = sitk.ReadImage(str(data_dir / "brain-t1t2" / "stroke" / "t1.nii.gz"), sitk.sitkFloat32)
+    grid = model_grid(image, spacing=(5.0, 5.0, 5.0), size=(32, 48, 32))
+    array = torch.from_numpy(sitk.GetArrayFromImage(resample_to_grid(image, grid, "linear")))
+    return (array / array.max())[None, None]
+
+
+def test_mind_input_sees_structure_not_contrast(data_dir):
+    """With MIND-SSC input, R's fields do not change when one image's contrast is inverted and
+    rescaled (as between a T1 and a T2), but do when its anatomy moves; with image input they
+    change with the contrast too."""
+    t1 = _stroke_t1(data_dir)
+    other_contrast = 1.0 - 0.6 * t1  # inverted and rescaled: same structure, new intensities
+    moved = torch.roll(t1, shifts=2, dims=-1)
+    for input_features in ("mind", "images"):
+        torch.manual_seed(0)
+        network = DualHeadUNet(
+            head_init_std=1e-2, backbone_init="kaiming", input_features=input_features
+        )
+        with torch.no_grad():
+            reference = torch.cat(network(t1, t1))
+            contrast = torch.cat(network(other_contrast, t1))
+            anatomy = torch.cat(network(moved, t1))
+        scale = reference.abs().mean()
+        contrast_change = (contrast - reference).abs().mean() / scale
+        anatomy_change = (anatomy - reference).abs().mean() / scale
+        if input_features == "mind":
+            assert contrast_change < 1e-4
+            assert anatomy_change > 0.05
+        else:
+            assert contrast_change > 0.05
+
+
+def test_mind_input_takes_24_channels_and_passes_gradients_to_the_images():
+    torch.manual_seed(0)
+    network = DualHeadUNet(input_features="mind", head_init_std=1e-2)
+    assert network.encoder[0][0].in_channels == 24
+    x = torch.rand(1, 1, 16, 16, 16, requires_grad=True)
+    flow_x2y, flow_y2x = network(x, torch.rand(1, 1, 16, 16, 16))
+    (flow_x2y.square().sum() + flow_y2x.square().sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the cycle terms train T through R
+    with pytest.raises(ValueError, match="input_features"):
+        DualHeadUNet(input_features="gradients")

@@ -35,12 +35,16 @@ class RegistrationNetConfig:
     initialisation, features of order one at the heads instead of about 0.02, so R leaves the
     identity in tens of steps instead of hundreds (see
     :class:`cocyclereg.networks.DualHeadUNet`).
+
+    ``input_features`` (``images`` in the paper): ``mind`` feeds the backbone the MIND-SSC
+    descriptors of the two images instead of their intensities.
     """
 
     encoder_features: tuple[int, ...] = (16, 32, 32, 32, 32)
     decoder_features: tuple[int, ...] = (32, 32, 32, 32, 16, 16)
     head_init_std: float = 1e-5
     backbone_init: Literal["pytorch", "kaiming"] = "pytorch"
+    input_features: Literal["images", "mind"] = "images"
 
 
 @dataclass

@@ -185,6 +185,7 @@ def load_model(
         network = DualHeadUNet(
             tuple(info.architecture["encoder_features"]),
             tuple(info.architecture["decoder_features"]),
+            input_features=info.architecture.get("input_features", "images"),
         )
         network.load_state_dict(weights, strict=True)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cocyclereg.config import Refinement
+from cocyclereg.descriptors import mind_ssc
 from cocyclereg.geometry import kernels
 from cocyclereg.geometry.dense import composed_displacement
 from cocyclereg.geometry.displacement import (
@@ -34,7 +35,7 @@ from cocyclereg.geometry.displacement import (
     voxel_flow_to_displacement_mm,
 )
 from cocyclereg.geometry.grid import Grid
-from cocyclereg.learning.losses import gaussian_blur, mind_ssc
+from cocyclereg.learning.losses import gaussian_blur
 
 
 def refine_flow(

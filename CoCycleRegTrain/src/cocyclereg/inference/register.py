@@ -34,6 +34,7 @@ import SimpleITK as sitk
 import torch
 
 from cocyclereg.config import NormalizationConfig, Refinement
+from cocyclereg.descriptors import MIND_CHANNELS
 from cocyclereg.device import resolve_device
 from cocyclereg.errors import GeometryError, InputError
 from cocyclereg.geometry import kernels
@@ -234,6 +235,8 @@ def estimated_network_bytes(grid: Grid, info: ModelInfo) -> int:
     encoder = info.architecture["encoder_features"]
     decoder = info.architecture["decoder_features"]
     per_voxel = 2 + 6  # the two inputs, both fields
+    if info.architecture.get("input_features", "images") == "mind":
+        per_voxel += 2 * (MIND_CHANNELS + 1) + MIND_CHANNELS  # descriptors and their working copies
     per_voxel += sum(c / 8**level for level, c in enumerate(encoder))
     per_voxel += sum(c / 8 ** (len(decoder[:4]) - 1 - level) for level, c in enumerate(decoder[:4]))
     per_voxel += sum(decoder[4:]) + decoder[3] + encoder[0]  # full-resolution refinement

@@ -50,6 +50,7 @@ class CoCycleNetworks(nn.Module):
             model.registration.head_init_std,
             activation_checkpointing=memory,
             backbone_init=model.registration.backbone_init,
+            input_features=model.registration.input_features,
         )
         if self.uses_translation:
             g, d = model.generator, model.discriminator

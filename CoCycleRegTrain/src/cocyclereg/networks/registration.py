@@ -4,9 +4,12 @@ A VoxelMorph-style UNet backbone (3x3x3 convolutions with LeakyReLU(0.2), no nor
 two 3x3x3 heads on its last feature map: one gives the field that pulls the x image onto y's
 grid, the other the field that pulls y onto x's grid, from one pass.
 
-Input ``(N, 2, D, H, W)``: channel 0 the x image, channel 1 the y image, on one grid; every
-spatial size a multiple of 16. Output: two ``(N, 3, D, H, W)`` voxel resampling fields, channel
-order (D, H, W), for :class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer`.
+Input: the x and y images, each ``(N, 1, D, H, W)`` on one grid; every spatial size a multiple
+of 16. The backbone sees them as they are (``input_features="images"``, as published) or as
+their MIND-SSC descriptors (``"mind"``: 12 channels each, so that a T1, a T2 or a CT of one
+anatomy look alike to it and R learns to match structure, not contrast). Output: two
+``(N, 3, D, H, W)`` voxel resampling fields, channel order (D, H, W), for
+:class:`cocyclereg.geometry.spatial_transformer.SpatialTransformer`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cocyclereg.descriptors import MIND_CHANNELS, mind_ssc
+
 DOWNSAMPLINGS = 4
 SIZE_MULTIPLE = 2**DOWNSAMPLINGS
+INPUT_FEATURES = ("images", "mind")
 
 
 def _autocast_on_cpu() -> bool:
@@ -90,6 +96,10 @@ class DualHeadUNet(nn.Module):
             first updates move the fields by voxels, not by hundredths of one).
         activation_checkpointing: recompute the backbone's activations in the backward pass
             instead of storing them (less memory, about one extra forward pass of time).
+        input_features: ``"images"`` (published: the two images, 2 input channels) or
+            ``"mind"`` (the MIND-SSC descriptor of each image, radius 1, dilation 2 voxels,
+            :func:`cocyclereg.descriptors.mind_ssc`: 24 input channels; differentiable, so
+            gradients still reach the images, as the cycle terms need).
     """
 
     def __init__(
@@ -99,15 +109,21 @@ class DualHeadUNet(nn.Module):
         head_init_std: float = 1e-5,
         activation_checkpointing: bool = False,
         backbone_init: str = "pytorch",
+        input_features: str = "images",
     ) -> None:
         super().__init__()
+        if input_features not in INPUT_FEATURES:
+            raise ValueError(
+                f"input_features must be one of {INPUT_FEATURES}, got {input_features!r}"
+            )
+        self.input_features = input_features
         if backbone_init not in ("pytorch", "kaiming"):
             raise ValueError(f"backbone_init must be 'pytorch' or 'kaiming', got {backbone_init!r}")
         if len(encoder_features) != DOWNSAMPLINGS + 1 or len(decoder_features) != DOWNSAMPLINGS + 2:
             raise ValueError("need 5 encoder and 6 decoder feature counts")
         self.activation_checkpointing = activation_checkpointing
         self.encoder = nn.ModuleList()
-        previous = 2
+        previous = 2 * MIND_CHANNELS if input_features == "mind" else 2
         for level, channels in enumerate(encoder_features):
             self.encoder.append(ConvBlock(previous, channels, stride=1 if level == 0 else 2))
             previous = channels
@@ -159,7 +175,10 @@ class DualHeadUNet(nn.Module):
             raise ValueError(
                 f"spatial size {tuple(x.shape[2:])} is not a multiple of {SIZE_MULTIPLE}"
             )
-        pair = torch.cat([x, y], dim=1)
+        if self.input_features == "mind":
+            pair = torch.cat([mind_ssc(x), mind_ssc(y)], dim=1)
+        else:
+            pair = torch.cat([x, y], dim=1)
         if self.activation_checkpointing and torch.is_grad_enabled():
             features = checkpoint(self._backbone, pair, use_reentrant=False)
         else:
