@@ -428,3 +428,21 @@ def test_synthetic_pairs_from_label_maps(tmp_path, data_dir, tcga_case):
     with pytest.raises(InputError, match="labels"):
         (tmp_path / "bad.csv").write_text("name,x\nvxm,a.nii.gz\n")
         load_label_maps(tmp_path / "bad.csv")
+
+
+def test_random_shape_pairs_are_fresh_anatomies_misaligned_by_the_known_field():
+    data = dataclasses.replace(_recipe(), synthetic_shapes=2)
+    dataset = PairedVolumes([], data, training=True, seed=1)
+    assert len(dataset) == 2
+    first, again, later = dataset.sample(0, 0), dataset.sample(0, 0), dataset.sample(0, 1)
+    assert first["name"] == "shapes"
+    torch.testing.assert_close(first["x"], again["x"])  # reproducible per (seed, epoch, index)
+    side, other = first["deformed"], "y" if first["deformed"] == "x" else "x"
+    unmoved = first[f"{other}_labels"][0].numpy()
+    assert unmoved.shape == SHAPE_DHW and len(np.unique(unmoved)) >= 9  # background + 8 or more
+    moved = _nearest(unmoved, first["deformation"].numpy())
+    assert (first[f"{side}_labels"][0].numpy() == moved).mean() > 0.99
+    assert (first["foreground"][0].numpy()[unmoved > 0]).all()
+    assert 0.1 < (unmoved > 0).mean() < 0.6  # a head with background around it
+    # Another epoch draws another anatomy, not just another contrast.
+    assert (later["x_labels"] > 0).float().mean() != (first["x_labels"] > 0).float().mean()

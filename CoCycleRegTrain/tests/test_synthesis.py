@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from cocyclereg.config import SynthesisConfig
-from cocyclereg.learning.synthesis import synthesize_image
+from cocyclereg.learning.synthesis import SHAPE_LABELS, random_shapes, synthesize_image
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,20 @@ def test_texture_blur_and_bright_background_are_drawn_from_the_generator(aseg):
     inside = aseg == np.bincount(aseg[aseg > 0].ravel()).argmax()  # the largest label
     assert image[inside].std() > 0.0  # texture
     assert 0.0 <= image.min() and image.max() <= 1.0
+
+
+def test_random_shapes_fill_an_ellipsoid_with_smooth_labels():
+    counts = []
+    for seed in range(6):
+        labels = random_shapes((32, 48, 40), np.random.default_rng(seed))
+        assert labels.dtype == np.int64 and labels.shape == (32, 48, 40)
+        assert labels[0, 0, 0] == labels[-1, -1, -1] == 0  # corners lie outside the head
+        assert labels[16, 24, 20] > 0  # the middle inside it
+        present = np.unique(labels[labels > 0])
+        counts.append(present.size)
+        assert present.max() <= SHAPE_LABELS[1]
+        # Smooth shapes, not salt and pepper: most voxels share their neighbour's label.
+        assert (labels[:, :, 1:] == labels[:, :, :-1]).mean() > 0.7
+    assert len(set(counts)) > 1  # the number of labels is drawn too
+    first, second = (random_shapes((32, 48, 40), np.random.default_rng(s)) for s in (0, 0))
+    np.testing.assert_array_equal(first, second)

@@ -252,7 +252,9 @@ class DataConfig:
 
     ``synthetic``: a CSV of label maps (columns ``labels``, optional ``name``) from which
     training pairs are synthesised (see :class:`SynthesisConfig`), each ``synthetic_repeats``
-    times per epoch; it may be the only training data.
+    times per epoch; it may be the only training data. ``synthetic_shapes``: that many more
+    synthetic pairs per epoch, each from a fresh label map of random shapes
+    (:func:`cocyclereg.learning.synthesis.random_shapes`).
 
     ``deform``: the side whose image the misalignment deforms, ``x``, ``y`` or ``random`` (each
     training sample draws one; validation pairs alternate).
@@ -262,6 +264,7 @@ class DataConfig:
     validation: str = ""
     synthetic: str = ""
     synthetic_repeats: int = 1
+    synthetic_shapes: int = 0
     x_modality: str = "t1"
     y_modality: str = "t2"
     spacing: tuple[float, float, float] = (1.25, 1.2, 1.75)
@@ -615,5 +618,7 @@ def validate(config: Config) -> None:
         )
     if config.data.synthetic_repeats < 1:
         raise ConfigError("data.synthetic_repeats must be at least 1")
+    if config.data.synthetic_shapes < 0:
+        raise ConfigError("data.synthetic_shapes must not be negative")
     if not 0 <= config.optim.final_lr_fraction <= 1:
         raise ConfigError("optim.final_lr_fraction must be in [0, 1]")

@@ -39,7 +39,7 @@ from cocyclereg.learning.augment import (
     random_affine_flow,
     random_elastic_flow,
 )
-from cocyclereg.learning.synthesis import synthesize_image
+from cocyclereg.learning.synthesis import random_shapes, synthesize_image
 
 # File names (without suffix) a case folder's shared labelmap may have, in order of preference.
 LABEL_NAMES = ("labels", "tumor", "seg", "aseg")
@@ -279,10 +279,11 @@ def preprocess_case(case: Case, data: DataConfig) -> PreparedCase:
 
 @dataclass(frozen=True, eq=False)
 class PreparedLabels:
-    """A label map on its model grid, the source of synthetic pairs: int64 (D, H, W)."""
+    """A label map on its model grid, the source of synthetic pairs: int64 (D, H, W); ``grid``
+    is ``None`` for a map of random shapes, which lies on no scanner's grid."""
 
     name: str
-    grid: Grid
+    grid: Grid | None
     labels: np.ndarray
 
 
@@ -346,7 +347,9 @@ class PairedVolumes(Dataset):
 
     Training (``training=True``): one item per case, then ``data.synthetic_repeats`` per label
     map (synthetic pairs: two independent random-contrast images of the map,
-    :func:`cocyclereg.learning.synthesis.synthesize_image`); the sample of ``index`` in ``epoch``
+    :func:`cocyclereg.learning.synthesis.synthesize_image`), then ``data.synthetic_shapes``
+    synthetic pairs of fresh random-shape maps (:func:`cocyclereg.learning.synthesis.random_shapes`,
+    named ``shapes``); the sample of ``index`` in ``epoch``
     draws from ``numpy.random.default_rng([seed, epoch, index])``. In order: the misalignment (an
     elastic field, ``data.augmentation.elastic``, unless the pair is drawn undeformed; then an
     affine ``.affine`` and a rigid residual composed after it), the side (``data.deform``), the
@@ -368,7 +371,7 @@ class PairedVolumes(Dataset):
         seed: int = 0,
         label_maps: Sequence[Path] = (),
     ) -> None:
-        if not cases and not (training and label_maps):
+        if not cases and not (training and (label_maps or data.synthetic_shapes)):
             raise InputError("A dataset needs at least one case (or label map, for training).")
         if data.validation_deformations < 1:
             raise ConfigError("data.validation_deformations must be at least 1")
@@ -390,7 +393,11 @@ class PairedVolumes(Dataset):
     def __len__(self) -> int:
         if not self.training:
             return len(self.prepared) * self.data.validation_deformations
-        return len(self.prepared) + len(self.label_maps) * self.data.synthetic_repeats
+        return (
+            len(self.prepared)
+            + len(self.label_maps) * self.data.synthetic_repeats
+            + self.data.synthetic_shapes
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the random draws of ``dataset[index]`` (training only)."""
@@ -411,7 +418,10 @@ class PairedVolumes(Dataset):
             if index < len(self.prepared):
                 return self.prepared[index], rng, 0
             label_index = (index - len(self.prepared)) // self.data.synthetic_repeats
-            return self.label_maps[label_index], rng, 0
+            if label_index < len(self.label_maps):
+                return self.label_maps[label_index], rng, 0
+            shape_dhw = tuple(int(n) for n in reversed(self.data.size))
+            return PreparedLabels("shapes", None, random_shapes(shape_dhw, rng)), rng, 0
         case_index, k = divmod(index, self.data.validation_deformations)
         rng = np.random.default_rng([self.seed, case_index, k, _VALIDATION_STREAM])
         return self.prepared[case_index], rng, k
