@@ -68,6 +68,12 @@ class ModelInfo:
     def modalities(self) -> tuple[str, str]:
         return (self.x_modality, self.y_modality)
 
+    @property
+    def input_features(self) -> str:
+        """What R takes: ``"images"`` or ``"mind"`` (files written before the choice existed
+        hold no ``input_features``: they took the images)."""
+        return self.architecture.get("input_features", "images")
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -185,7 +191,7 @@ def load_model(
         network = DualHeadUNet(
             tuple(info.architecture["encoder_features"]),
             tuple(info.architecture["decoder_features"]),
-            input_features=info.architecture.get("input_features", "images"),
+            input_features=info.input_features,
         )
         network.load_state_dict(weights, strict=True)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:

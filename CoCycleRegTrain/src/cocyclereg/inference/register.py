@@ -235,7 +235,7 @@ def estimated_network_bytes(grid: Grid, info: ModelInfo) -> int:
     encoder = info.architecture["encoder_features"]
     decoder = info.architecture["decoder_features"]
     per_voxel = 2 + 6  # the two inputs, both fields
-    if info.architecture.get("input_features", "images") == "mind":
+    if info.input_features == "mind":
         per_voxel += 2 * (MIND_CHANNELS + 1) + MIND_CHANNELS  # descriptors and their working copies
     per_voxel += sum(c / 8**level for level, c in enumerate(encoder))
     per_voxel += sum(c / 8 ** (len(decoder[:4]) - 1 - level) for level, c in enumerate(decoder[:4]))

@@ -372,7 +372,10 @@ class PairedVolumes(Dataset):
         label_maps: Sequence[Path] = (),
     ) -> None:
         if not cases and not (training and (label_maps or data.synthetic_shapes)):
-            raise InputError("A dataset needs at least one case (or label map, for training).")
+            raise InputError(
+                "A dataset needs at least one case (or, for training, a label map or "
+                "data.synthetic_shapes)."
+            )
         if data.validation_deformations < 1:
             raise ConfigError("data.validation_deformations must be at least 1")
         self.cases = list(cases)

@@ -38,7 +38,7 @@ def random_shapes(shape_dhw: tuple[int, int, int], rng: np.random.Generator) -> 
     noise = torch.from_numpy(rng.standard_normal((1, count, *coarse)).astype(np.float32))
     fields = F.interpolate(noise, size=tuple(shape_dhw), mode="trilinear", align_corners=True)
     labels = fields[0].argmax(dim=0).numpy().astype(np.int64) + 1
-    axes = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape_dhw], indexing="ij")
+    axes = np.ogrid[tuple(slice(0, n) for n in shape_dhw)]  # broadcast, not three full grids
     radius = rng.uniform(*HEAD_RADIUS, size=3) * np.asarray(shape_dhw) / 2
     centre = (np.asarray(shape_dhw) - 1) / 2 * (1 + rng.uniform(-0.1, 0.1, size=3))
     inside = sum(((a - c) / r) ** 2 for a, c, r in zip(axes, centre, radius, strict=True)) <= 1
