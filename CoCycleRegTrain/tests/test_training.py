@@ -506,6 +506,70 @@ def test_cosine_schedule_decays_every_rate_and_depends_on_the_step_only(pair_csv
     assert trainer.optimizer_g.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.55)
 
 
+def test_the_average_of_rs_weights_is_validated_kept_resumed_and_exported(pair_csv, tmp_path):
+    decay = 0.8
+    settings = _settings(
+        pair_csv,
+        tmp_path / "run",
+        f"optim.registration_average={decay}",
+        "optim.registration_lr=2e-3",
+        "loss.mode=vmind",
+        "loss.deformation=1.0",
+        "data.deform=random",
+        "train.steps=4",
+        "train.checkpoint_every=2",
+    )
+    trainer = Trainer(load_config(preset="cpu-small", overrides=settings))
+    # The average, computed here from a copy of R's weights after each step.
+    expected = {k: v.clone() for k, v in trainer.networks.registration.named_parameters()}
+    for _ in range(3):
+        trainer.train_step(trainer.batch_for_step(trainer.step))
+        trainer.step += 1
+        for name, value in trainer.networks.registration.named_parameters():
+            expected[name] = decay * expected[name] + (1 - decay) * value.detach()
+    average = dict(trainer.registration_average.named_parameters())
+    current = dict(trainer.networks.registration.named_parameters())
+    moved = 0.0
+    for name, value in expected.items():
+        torch.testing.assert_close(average[name], value, rtol=1e-5, atol=1e-7)
+        moved = max(moved, float((current[name] - average[name]).detach().abs().max()))
+    assert moved > 1e-4  # the average is not R itself
+    assert trainer.evaluated_registration is trainer.registration_average
+
+    # Validation, best.pt and the exported model use the average.
+    trainer.validation_data = trainer.train_data
+    trainer._validate_and_keep_best()
+    best = torch.load(trainer.checkpoints / "best.pt", weights_only=True)["registration"]
+    for name, value in expected.items():
+        torch.testing.assert_close(best[name], value, rtol=1e-5, atol=1e-7)
+    exported, _ = load_model(trainer.export(tmp_path / "model.cocyclereg"))
+    for name, value in exported.named_parameters():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-7)
+
+    # A resumed run continues the same average; a checkpoint without one is refused.
+    whole = train(load_config(preset="cpu-small", overrides=_settings(
+        pair_csv, tmp_path / "whole", *settings[2:])))
+    half = _settings(pair_csv, tmp_path / "half", *settings[2:], "train.steps=2")
+    train(load_config(preset="cpu-small", overrides=half))
+    resumed = train(
+        load_config(preset="cpu-small", overrides=[*half[:-1], "train.steps=4"]), resume=True
+    )
+    for a, b in zip(
+        load_model(whole)[0].parameters(), load_model(resumed)[0].parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    without = [s for s in settings[2:] if not s.startswith("optim.registration_average")]
+    plain = _settings(pair_csv, tmp_path / "plain", *without, "train.steps=2")
+    train(load_config(preset="cpu-small", overrides=plain))
+    with pytest.raises(CoCycleRegError, match="without the average"):
+        Trainer(
+            load_config(
+                preset="cpu-small", overrides=[*plain, f"optim.registration_average={decay}"]
+            ),
+            resume=True,
+        )
+
+
 def test_validation_scores_both_heads_and_training_may_be_synthetic_only(
     data_dir, pair_csv, tmp_path
 ):

@@ -145,6 +145,12 @@ class OptimConfig:
 
     ``schedule``: ``cosine`` decays every learning rate from its value at step 0 to
     ``final_lr_fraction`` of it at ``train.steps`` (half a cosine); ``constant`` as published.
+
+    ``registration_average`` (0: off, as published): R's weights are also kept as an exponential
+    moving average, ``average <- d * average + (1 - d) * weights`` after each of R's steps with
+    ``d`` this value (0.99 averages over about the last 100 steps); validation, ``best.pt`` and
+    the exported model then use the average, which removes most of the step-to-step noise of a
+    small batch. It starts from R's weights at step 0 (those of ``train.init_registration``).
     """
 
     lr: float = 1e-4
@@ -157,6 +163,7 @@ class OptimConfig:
     registration_warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     final_lr_fraction: float = 0.05
+    registration_average: float = 0.0
 
 
 @dataclass
@@ -622,3 +629,8 @@ def validate(config: Config) -> None:
         raise ConfigError("data.synthetic_shapes must not be negative")
     if not 0 <= config.optim.final_lr_fraction <= 1:
         raise ConfigError("optim.final_lr_fraction must be in [0, 1]")
+    if not 0 <= config.optim.registration_average < 1:
+        raise ConfigError(
+            "optim.registration_average must be in [0, 1): 0 switches the average off, "
+            "0.99 averages R's weights over about the last 100 steps"
+        )

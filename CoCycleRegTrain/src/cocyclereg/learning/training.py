@@ -16,6 +16,7 @@ NCCL on CUDA). Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -159,6 +160,11 @@ class Trainer:
             self._initialise_registration(Path(config.train.init_registration))
         if config.train.init_translation and not resume:
             self._initialise_translation(Path(config.train.init_translation))
+        # The moving average of R's weights (optim.registration_average), from R at step 0.
+        self.registration_average: nn.Module | None = None
+        if config.optim.registration_average > 0:
+            self.registration_average = copy.deepcopy(self.networks.registration)
+            self.registration_average.requires_grad_(False)
         if resume:
             self._load_checkpoint(self.checkpoints / "last.pt")
         self.writer = None
@@ -241,6 +247,8 @@ class Trainer:
             "identity": json.dumps(self.identity_metrics),
             "scaler": self.scaler.state_dict(),
         }
+        if self.registration_average is not None:
+            state["registration_average"] = self.registration_average.state_dict()
         if self.translation:
             state["optimizer_g"] = self.optimizer_g.state_dict()
             state["optimizer_d"] = self.optimizer_d.state_dict()
@@ -267,6 +275,13 @@ class Trainer:
             self.optimizer_g.load_state_dict(state["optimizer_g"])
             self.optimizer_d.load_state_dict(state["optimizer_d"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.registration_average is not None:
+            if "registration_average" not in state:
+                raise CoCycleRegError(
+                    f"cannot resume with optim.registration_average: {path} was saved without "
+                    "the average of R's weights"
+                )
+            self.registration_average.load_state_dict(state["registration_average"])
         self.step = int(state["step"])
         self.best = json.loads(state["best"])
         self.identity_metrics = json.loads(state["identity"])
@@ -371,6 +386,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer_r)
             self._clip(self.networks.registration.parameters(), self.config.optim.clip_registration)
             self.scaler.step(self.optimizer_r)
+            self._update_registration_average()
         if self.optimizer_g is not None:
             self.scaler.unscale_(self.optimizer_g)
             for name in ("translate_x2y", "translate_y2x"):
@@ -380,6 +396,30 @@ class Trainer:
         record["total"] = float(loss.detach())
         record.update({name: float(value.detach()) for name, value in terms.items()})
         return record
+
+    @torch.no_grad()
+    def _update_registration_average(self) -> None:
+        """``average <- d * average + (1 - d) * weights`` for R's parameters; buffers copied."""
+        if self.registration_average is None:
+            return
+        weight = 1.0 - self.config.optim.registration_average
+        current = self.networks.registration
+        for average, value in zip(
+            self.registration_average.parameters(), current.parameters(), strict=True
+        ):
+            average.lerp_(value.detach().to(average.dtype), weight)
+        for average, value in zip(
+            self.registration_average.buffers(), current.buffers(), strict=True
+        ):
+            average.copy_(value)
+
+    @property
+    def evaluated_registration(self) -> nn.Module:
+        """The R that is validated, kept as ``best.pt`` and exported: the moving average of
+        the weights when ``optim.registration_average`` is set, else R itself."""
+        if self.registration_average is not None:
+            return self.registration_average
+        return self.networks.registration
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -393,7 +433,7 @@ class Trainer:
         assert self.validation_data is not None
         if not self.networks.trains_registration:
             return self.validate_translation()
-        registration = self.networks.registration.eval()
+        registration = self.evaluated_registration.eval()
         nearest = SpatialTransformer("nearest")
         grid = Grid(
             tuple(self.config.data.size),
@@ -590,7 +630,7 @@ class Trainer:
         if score > best_score:
             self.best = {"step": self.step, **metrics}
             weights = (
-                {"registration": self.networks.registration.state_dict()}
+                {"registration": self.evaluated_registration.state_dict()}
                 if self.networks.trains_registration
                 else {
                     "translators": {
@@ -612,7 +652,7 @@ class Trainer:
     def export(self, path: Path, wall_seconds: float | None = None) -> Path:
         """Write the inference model: the best validated R if there is one, else the last."""
         registration = CoCycleNetworks(self.config).registration
-        registration.load_state_dict(self.networks.registration.state_dict())
+        registration.load_state_dict(self.evaluated_registration.state_dict())
         best_path = self.checkpoints / "best.pt"
         if best_path.is_file():
             state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -690,7 +730,8 @@ def export_checkpoint(
     intended_use: str = "",
     refinement: Refinement | None = None,
 ) -> Path:
-    """Export the model of a run folder: best.pt's R if validated, else last.pt's.
+    """Export the model of a run folder: best.pt's R if validated, else last.pt's (its moving
+    average of R's weights when the run kept one).
 
     ``name`` and ``intended_use`` go into the provenance, where model pickers (the Slicer
     module) show them; ``refinement`` is the instance optimisation recommended at inference
@@ -705,7 +746,9 @@ def export_checkpoint(
     registration = CoCycleNetworks(config).registration
     prefix = "registration."
     registration.load_state_dict(
-        {k[len(prefix) :]: v for k, v in state["networks"].items() if k.startswith(prefix)}
+        state["registration_average"]
+        if "registration_average" in state
+        else {k[len(prefix) :]: v for k, v in state["networks"].items() if k.startswith(prefix)}
     )
     best = json.loads(state["best"])
     if (run / "checkpoints" / "best.pt").is_file():
