@@ -74,7 +74,11 @@ What it does, in order:
    varies by about 10 % between runs; a minute-long one by about 3 %.
 4. Prints Markdown tables (all cases, per direction, per subject) with each method's seconds
    per pair and the reference's time divided by it (``elastix-tuned`` when it ran, else
-   ``elastix``; and ``ants-tuned``'s for whole processes); every timed method's stage times
+   ``elastix``; and ``ants-tuned``'s for whole processes); for CoCycleReg, "deformable mm": the
+   mean length of the deformable part of its transform over the fixed foreground, without the
+   pre-alignment (its summary's ``deformable_displacement_mm``; on pairs made with
+   ``--max-displacement 0`` it is the motion the network or the refinement invented, and TRE
+   adds the pre-alignment's error to it); every timed method's stage times
    (slowest first) and peak memory; the network pass against its ideal time: the forward
    pass's FLOP count on the model grid the cases used (``torch.utils.flop_counter``) divided
    by ``--peak-gflops`` (157 GFLOP/s: two AVX2 FMA cores at 2.45 GHz, 32 fp32 FLOP per cycle
@@ -493,6 +497,7 @@ def run_method(method: str, case, folder: Path, args, modalities, settings: dict
         run["stages"] = dict(summary["seconds"])
         run["stages"]["start-up + imports"] = run["seconds"] - sum(summary["seconds"].values())
         run["model_grid"] = summary["model_grid"]
+        run["deformable_mean_mm"] = summary["deformable_displacement_mm"]["mean"]
         run["pair_seconds"] = sum(summary["seconds"].values())  # load -> written
     else:
         stages = json.loads((folder / "timing.json").read_text())
@@ -630,6 +635,7 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
             entry["seconds"] = _mean(r["run"]["pair_seconds"] for r in mine)
             entry["process_seconds"] = _mean(r["run"]["seconds"] for r in mine)
             entry["peak_rss_gb"] = max(r["run"]["peak_rss_gb"] for r in mine)
+            entry["deformable_mean_mm"] = _mean(r["run"].get("deformable_mean_mm") for r in mine)
         summary[method] = entry
     reference = next((m for m in SPEED_REFERENCES if summary.get(m, {}).get("seconds")), None)
     ants = summary.get("ants-tuned", {}).get("process_seconds")
@@ -657,16 +663,17 @@ def markdown_table(summary: dict) -> str:
     reference = next((e["reference"] for e in summary.values() if "reference" in e), "Elastix")
     lines = [
         "| method | cases | tissue Dice | tumour Dice | tissue HD95 mm | tumour HD95 mm | % J≤0 "
-        f"| TRE mean mm | TRE p95 mm | load→written s | {reference} ÷ | process s "
-        f"| {reference} ÷ | ants-tuned ÷ | peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| TRE mean mm | TRE p95 mm | deformable mm | load→written s | {reference} ÷ "
+        f"| process s | {reference} ÷ | ants-tuned ÷ | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, e in summary.items():
         lines.append(
             f"| {method} | {e['cases']} | {_cell(e['tissue_dice'])} | {_cell(e['tumour_dice'])} "
             f"| {_cell(e['tissue_hd95_mm'], 2)} | {_cell(e['tumour_hd95_mm'], 2)} "
             f"| {_cell(e['folding_percent'], 4)} | {_cell(e['tre_mean_mm'], 2)} "
-            f"| {_cell(e['tre_p95_mm'], 2)} | {_cell(e.get('seconds'), 1)} "
+            f"| {_cell(e['tre_p95_mm'], 2)} | {_cell(e.get('deformable_mean_mm'), 2)} "
+            f"| {_cell(e.get('seconds'), 1)} "
             f"| {_cell(e.get('reference_ratio'), 1, '×')} "
             f"| {_cell(e.get('process_seconds'), 1)} "
             f"| {_cell(e.get('reference_process_ratio'), 1, '×')} "

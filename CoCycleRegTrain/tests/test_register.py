@@ -422,6 +422,12 @@ def test_the_summary_explains_modalities_network_and_the_affine_it_reports():
         assert ("network" in summary["seconds"]) is use_network
         assert set(summary["similarity"]) >= {"before", "prealigned", "after", "better"}
         assert summary["affine"] is None
+        # The moving image is the model's y: the y->x head's constant field, or nothing.
+        moved = np.linalg.norm(_expected_mm(INVERSE_VOXELS)) if use_network else 0.0
+        for statistic in ("mean", "p95", "max"):
+            assert summary["deformable_displacement_mm"][statistic] == pytest.approx(
+                moved, rel=1e-5, abs=1e-9
+            )
 
     affine = sitk.AffineTransform(3)
     affine.SetMatrix((0.9, 0.1, 0.0, -0.2, 1.1, 0.05, 0.0, 0.3, 0.95))

@@ -547,8 +547,11 @@ def test_the_average_of_rs_weights_is_validated_kept_resumed_and_exported(pair_c
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-7)
 
     # A resumed run continues the same average; a checkpoint without one is refused.
-    whole = train(load_config(preset="cpu-small", overrides=_settings(
-        pair_csv, tmp_path / "whole", *settings[2:])))
+    whole = train(
+        load_config(
+            preset="cpu-small", overrides=_settings(pair_csv, tmp_path / "whole", *settings[2:])
+        )
+    )
     half = _settings(pair_csv, tmp_path / "half", *settings[2:], "train.steps=2")
     train(load_config(preset="cpu-small", overrides=half))
     resumed = train(

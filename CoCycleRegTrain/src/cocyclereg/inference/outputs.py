@@ -120,6 +120,12 @@ def registration_summary(result, fixed, moving, model) -> dict:
         },
         "similarity": _similarity_summary(result.similarity),
         "folding": result.folding.as_dict(),
+        "deformable_displacement_mm": {
+            **result.deformable_displacement_mm,
+            "explanation": "length of the deformable part of the transform (pre-alignment "
+            "excluded) over the fixed image's foreground on the field grid: how far the network "
+            "and the refinement moved the anatomy",
+        },
         "model_provenance": {
             k: result.model.provenance.get(k) for k in ("cocyclereg_version", "exported", "steps")
         },

@@ -70,7 +70,8 @@ class RegistrationResult:
     The transforms are float32 displacement fields (LPS mm), as written to their files.
     ``moving_modality``/``fixed_modality``: the model modality each image was taken as;
     ``similarity``: :func:`cocyclereg.inference.similarity.registration_similarity`'s NMI
-    ``before``, ``prealigned`` and ``after`` (higher is better)."""
+    ``before``, ``prealigned`` and ``after`` (higher is better); ``deformable_displacement_mm``:
+    :func:`deformable_displacement_stats` of the deformable part (pre-alignment excluded)."""
 
     transform: sitk.Image
     inverse_transform: sitk.Image | None
@@ -88,6 +89,7 @@ class RegistrationResult:
     moving_modality: str = ""
     fixed_modality: str = ""
     similarity: dict[str, float] = field(default_factory=dict)
+    deformable_displacement_mm: dict[str, float] = field(default_factory=dict)
 
     @property
     def used_network(self) -> bool:
@@ -114,6 +116,24 @@ def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         low, high = np.percentile(inside, [0.5, 99.5])
         image = sitk.Clamp(image, sitk.sitkFloat32, float(low), float(high))
     return image
+
+
+def deformable_displacement_stats(
+    displacement_mm: np.ndarray, foreground: np.ndarray
+) -> dict[str, float]:
+    """How far the deformable part of a registration moves the anatomy: the length in mm of
+    ``displacement_mm`` (``(D, H, W, 3)``, any axis order of the vectors) over ``foreground``
+    (``(D, H, W)`` bool, the fixed image's non-zero voxels): ``mean``, ``p95`` and ``max``
+    (all 0 for an empty foreground). The pre-alignment is not part of it: on two images that
+    need no deformation, this is what the network or the refinement invented."""
+    lengths = np.linalg.norm(displacement_mm, axis=-1)[foreground]
+    if lengths.size == 0:
+        return {"mean": 0.0, "p95": 0.0, "max": 0.0}
+    return {
+        "mean": float(lengths.mean()),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": float(lengths.max()),
+    }
 
 
 def affine_prealignment(
@@ -453,6 +473,7 @@ def register(
         as_given = _normalised(moving, field_grid, info.normalization[moving_side], torch_device)
     similarity = registration_similarity(fixed_tensor, as_given, moving_tensor, forward_flow)
     forward_mm = voxel_flow_to_displacement_mm(forward_flow[0].double().cpu().numpy(), field_grid)
+    deformable = deformable_displacement_stats(forward_mm, fixed_tensor[0, 0].cpu().numpy() > 0)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
     transform_mm = composed_displacement(
@@ -501,4 +522,5 @@ def register(
         moving_modality=info.modalities[0 if moving_is_x else 1],
         fixed_modality=info.modalities[1 if moving_is_x else 0],
         similarity=similarity,
+        deformable_displacement_mm=deformable,
     )
