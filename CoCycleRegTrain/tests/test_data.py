@@ -362,6 +362,22 @@ def test_misalignment_ranges_undeformed_pairs_and_rigid_residual(tcga_case):
     lengths_mm = np.linalg.norm(rigid.sample(0, 1)["deformation"].numpy() * 3.0, axis=0)
     # Largest distance from the centre of a 64x64x48 grid of 3 mm voxels: about 128 mm.
     assert 0.0 < lengths_mm.max() <= 2.0 * np.sqrt(3) + 128 * np.deg2rad(2.0) * np.sqrt(3)
+    # Undeformed pairs keep the rigid residual; aligned pairs have no motion at all, and come
+    # in about the fraction asked for.
+    residual = {"rigid_residual_deg": 1.0, "rigid_residual_mm": 1.5, "affine": True}
+    undeformed = PairedVolumes(
+        [tcga_case], _config(undeformed_probability=1.0, **residual), training=True
+    )
+    assert float(undeformed.sample(0, 0)["deformation"].abs().max()) > 0.1
+    aligned = PairedVolumes(
+        [tcga_case], _config(aligned_probability=1.0, **residual), training=True
+    )
+    assert float(aligned.sample(0, 0)["deformation"].abs().max()) == 0.0
+    some = PairedVolumes([tcga_case], _config(aligned_probability=0.5, **residual), training=True)
+    still = [float(some.sample(0, e)["deformation"].abs().max()) == 0.0 for e in range(20)]
+    assert 4 <= sum(still) <= 16
+    validation = PairedVolumes([tcga_case], _config(aligned_probability=1.0), training=False)
+    assert float(validation[0]["deformation"].abs().max()) > 0.1
 
 
 def test_the_anatomy_change_moves_both_images_and_labels_alike(tcga_case):

@@ -192,10 +192,12 @@ class AugmentationConfig:
       folds. ``elastic_control_spacing_range_mm`` / ``elastic_max_displacement_range_mm``, when
       set, draw the control spacing and the maximum uniformly from that range per sample
       instead of the fixed values; ``undeformed_probability`` leaves that fraction of pairs
-      without elastic motion (the network must learn to stay still); ``rigid_residual_deg`` /
-      ``rigid_residual_mm`` add a small random rigid motion (uniform in ± the bound per axis),
-      like the residual a rigid pre-alignment leaves (these four: training only; validation
-      pairs keep the fixed values). ``affine`` adds the larger random affine.
+      without elastic motion (they still get the rigid residual and the affine);
+      ``rigid_residual_deg`` / ``rigid_residual_mm`` add a small random rigid motion (uniform in
+      ± the bound per axis), like the residual a rigid pre-alignment leaves;
+      ``aligned_probability`` leaves that fraction of pairs exactly aligned, with no elastic,
+      rigid or affine motion (the network must learn to stay still; these five: training only;
+      validation pairs keep the fixed values). ``affine`` adds the larger random affine.
     * The **anatomy** (``anatomy``): one random affine about the centre (±
       ``anatomy_rotation_deg`` degrees, 1 ± ``anatomy_scale``, ± ``anatomy_translation_mm`` mm
       per axis), a smooth warp of at most ``anatomy_elastic_mm`` mm on a 48 mm control grid, and a
@@ -212,6 +214,7 @@ class AugmentationConfig:
     elastic_control_spacing_range_mm: tuple[float, float] | None = None
     elastic_max_displacement_range_mm: tuple[float, float] | None = None
     undeformed_probability: float = 0.0
+    aligned_probability: float = 0.0
     rigid_residual_deg: float = 0.0
     rigid_residual_mm: float = 0.0
     affine: bool = False
@@ -591,7 +594,7 @@ def validate(config: Config) -> None:
         bounds = getattr(augmentation, name)
         if bounds is not None and not 0 <= bounds[0] <= bounds[1]:
             raise ConfigError(f"data.augmentation.{name} must be [low, high] with 0 <= low <= high")
-    for name in ("undeformed_probability", "flip_probability"):
+    for name in ("undeformed_probability", "aligned_probability", "flip_probability"):
         if not 0 <= getattr(augmentation, name) <= 1:
             raise ConfigError(f"data.augmentation.{name} must be in [0, 1]")
     if config.loss.mode == "translation":

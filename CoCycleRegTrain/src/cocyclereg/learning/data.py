@@ -448,6 +448,12 @@ class PairedVolumes(Dataset):
             and augmentation.undeformed_probability > 0
             and rng.random() < augmentation.undeformed_probability
         )
+        if (
+            training
+            and augmentation.aligned_probability > 0
+            and rng.random() < augmentation.aligned_probability
+        ):
+            return flow  # no misalignment at all: R must return zero fields
         if augmentation.elastic and not undeformed and maximum_mm > 0:
             flow = random_elastic_flow(shape_dhw, spacing, rng, control_mm, maximum_mm)
         if augmentation.affine:
