@@ -242,6 +242,11 @@ def test_register_command_writes_every_output_or_none(tmp_path, capsys):
         np.prod(fixed_grid.size)
     )
     assert "J <= 0 in" in captured.out
+    moved = summary["deformable_displacement_mm"]
+    assert (
+        f"deformable motion (pre-alignment excluded, fixed foreground): mean {moved['mean']:.2f} mm"
+        in captured.out
+    )
 
     failed = tmp_path / "failed"
     failed.mkdir()

@@ -183,6 +183,13 @@ def _register(args: argparse.Namespace) -> int:
             f"similarity (normalised mutual information on the fixed foreground, higher is "
             f"better): {similarity['before']:.3f} before, {similarity['after']:.3f} after"
         )
+    if result.deformable_displacement_mm:
+        moved = result.deformable_displacement_mm
+        print(
+            f"deformable motion (pre-alignment excluded, fixed foreground): mean "
+            f"{moved['mean']:.2f} mm, 95th percentile {moved['p95']:.2f} mm, "
+            f"max {moved['max']:.2f} mm"
+        )
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
     return 0
 
