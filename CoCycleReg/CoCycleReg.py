@@ -361,7 +361,9 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("CoCycleReg failed: {error}").format(error=error))
         else:
             self._state.run_finished(results, run.request)
-            self.ui.foldingLabel.text = results.folding_text()
+            self.ui.foldingLabel.text = "\n".join(
+                text for text in (results.folding_text(), results.motion_text()) if text
+            )
             self.ui.showJacobianButton.enabled = results.jacobian is not None
             self.ui.showJacobianButton.checked = False
             self.logic.showResults(results, run.request)

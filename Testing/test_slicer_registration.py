@@ -118,6 +118,11 @@ def test_process_output_streams_and_reports_folding(run):
     results = run["results"]
     assert results.folding_voxels == 0 and results.total_voxels > 0
     assert "Folding (J ≤ 0): 0 of" in results.folding_text()
+    moved = results.summary["deformable_displacement_mm"]
+    assert results.motion_text().startswith(
+        f"Deformable motion: mean {moved['mean']:.2f} mm, max {moved['max']:.2f} mm"
+    )
+    assert 0 < moved["mean"] <= moved["max"] + 1e-9 and moved["p95"] <= moved["max"] + 1e-9
 
 
 def test_warped_labelmap_matches_the_packages_warped_labels(run):

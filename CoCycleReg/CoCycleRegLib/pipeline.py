@@ -76,6 +76,17 @@ class RegistrationResults:
             f"({self.folding_percent:.4f} %)"
         )
 
+    def motion_text(self) -> str:
+        """How far the deformable part moved the anatomy (the summary's
+        ``deformable_displacement_mm``; the pre-alignment is not part of it), or ""."""
+        moved = self.summary.get("deformable_displacement_mm")
+        if not moved:
+            return ""
+        return (
+            f"Deformable motion: mean {moved['mean']:.2f} mm, max {moved['max']:.2f} mm "
+            "(pre-alignment excluded)"
+        )
+
 
 def check_request(request: RegistrationRequest) -> str | None:
     """Why the request cannot run (a sentence for the Apply button), or None."""
