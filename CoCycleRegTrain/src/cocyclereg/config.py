@@ -149,8 +149,10 @@ class OptimConfig:
     ``registration_average`` (0: off, as published): R's weights are also kept as an exponential
     moving average, ``average <- d * average + (1 - d) * weights`` after each of R's steps with
     ``d`` this value (0.99 averages over about the last 100 steps); validation, ``best.pt`` and
-    the exported model then use the average, which removes most of the step-to-step noise of a
-    small batch. It starts from R's weights at step 0 (those of ``train.init_registration``).
+    the exported model then use the average, which smooths the step-to-step noise of a small
+    batch (measured on the brain model's validation: changes of 0.00-0.02 mm per 250 steps
+    instead of 0.02-0.06). It starts from R's weights at step 0 (those of
+    ``train.init_registration``).
     """
 
     lr: float = 1e-4
