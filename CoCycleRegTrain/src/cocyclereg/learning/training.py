@@ -407,7 +407,7 @@ class Trainer:
         for average, value in zip(
             self.registration_average.parameters(), current.parameters(), strict=True
         ):
-            average.lerp_(value.detach().to(average.dtype), weight)
+            average.lerp_(value, weight)
         for average, value in zip(
             self.registration_average.buffers(), current.buffers(), strict=True
         ):
