@@ -112,6 +112,7 @@ def register_keywords(args: argparse.Namespace) -> dict:
         "device": args.device,
         "refine_steps": args.refine_steps,
         "use_network": args.network,
+        "mirror_average": args.mirror_average,
         "fine_steps": args.fine_steps,
         "fine_spacing_mm": args.fine_spacing,
         "check_modality": not args.force_modality,
@@ -246,6 +247,7 @@ def _export(args: argparse.Namespace) -> int:
         args.refine_smoothness,
         args.refine_learning_rate,
         use_network=args.refine_from == "network",
+        mirror_average=args.mirror_average,
         fine_spacing_mm=args.fine_spacing,
         fine_steps=args.fine_steps,
         fine_smoothness=args.fine_smoothness,
@@ -382,6 +384,14 @@ def add_register_options(command: argparse.ArgumentParser) -> None:
         "accurate on unseen subjects, see its card; head-ct-mri: --network)",
     )
     command.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the network's fields with those of the left-right mirrored pair (the "
+        "network runs twice; steadier fields, see the models' cards); default: the model's "
+        "recommendation",
+    )
+    command.add_argument(
         "--fine-steps",
         type=_whole_number,
         metavar="N",
@@ -421,7 +431,10 @@ def _models(args: argparse.Namespace) -> int:
                 f"{refinement.steps} refinement steps from the pre-aligned images (network not run)"
             )
         else:
-            default = f"the network, then {refinement.steps} refinement steps"
+            default = (
+                f"the network{' (mirror-averaged)' if refinement.mirror_average else ''}, "
+                f"then {refinement.steps} refinement steps"
+            )
         if refinement.has_fine_level:
             default += f", then {refinement.fine_steps} on {refinement.fine_spacing_mm:g} mm voxels"
         lines = [
@@ -657,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="network",
         help="where they start by default: the network's fields, or the pre-aligned images "
         "(the refinement alone; `register --network` overrides it); default: network",
+    )
+    export.add_argument(
+        "--mirror-average",
+        action="store_true",
+        help="recommend averaging the network's fields with those of the left-right mirrored "
+        "pair (LPS model grids only; `register --no-mirror-average` overrides it)",
     )
     export.add_argument(
         "--fine-steps",

@@ -326,7 +326,10 @@ class Refinement:
     the recommended one): ``steps`` Adam steps (0: the start field as it is), the weight of the
     diffusion regulariser against the MIND-SSC term, Adam's learning rate (voxels/step), and
     where it starts: from the network's fields (``use_network``) or from zero fields, the
-    pre-aligned images as they are (the refinement alone; the network is not run).
+    pre-aligned images as they are (the refinement alone; the network is not run). With
+    ``mirror_average`` the network's fields are averaged with those of the left-right mirrored
+    pair (:mod:`cocyclereg.inference.network_fields`; LPS model grids only; the network runs
+    twice).
 
     Then, optionally, a finer level: the field carried onto a grid of ``fine_spacing_mm``
     over the same box (:meth:`cocyclereg.geometry.grid.Grid.with_spacing`), the images resampled
@@ -339,6 +342,7 @@ class Refinement:
     smoothness: float = 1.0
     learning_rate: float = 0.2
     use_network: bool = True
+    mirror_average: bool = False
     fine_spacing_mm: float = 0.0
     fine_steps: int = 0
     fine_smoothness: float = 1.0
@@ -348,10 +352,11 @@ class Refinement:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"refinement {name} must be a whole number >= 0, got {value!r}")
-        if not isinstance(self.use_network, bool):
-            raise ValueError(
-                f"refinement use_network must be true or false, got {self.use_network!r}"
-            )
+        for name in ("use_network", "mirror_average"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"refinement {name} must be true or false, got {getattr(self, name)!r}"
+                )
         for name in ("smoothness", "fine_smoothness", "fine_spacing_mm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"refinement {name} must be >= 0, got {getattr(self, name)!r}")

@@ -64,6 +64,13 @@ class ModelInfo:
     refinement: Refinement = field(default_factory=Refinement)
     intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.refinement.mirror_average and self.orientation != "LPS":
+            raise ValueError(
+                "mirror averaging needs an LPS model grid (its last axis the patient's "
+                f"left-right axis), not orientation {self.orientation!r}"
+            )
+
     @property
     def modalities(self) -> tuple[str, str]:
         return (self.x_modality, self.y_modality)

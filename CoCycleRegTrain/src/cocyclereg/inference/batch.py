@@ -66,9 +66,9 @@ class RegistrationSettings:
 
     ``model`` is a model file or a bundled model's name (``None``: the default bundled model);
     the rest are :func:`cocyclereg.inference.register.register`'s arguments of the same names
-    (``network`` is its ``use_network``; ``refine_steps``, ``network``, ``fine_steps`` and
-    ``fine_spacing_mm`` ``None``: the model's recommendation). ``device`` is not recorded
-    with a pair's outputs: a pair done on the CPU is not redone on a GPU.
+    (``network`` is its ``use_network``; ``refine_steps``, ``network``, ``mirror_average``,
+    ``fine_steps`` and ``fine_spacing_mm`` ``None``: the model's recommendation). ``device`` is
+    not recorded with a pair's outputs: a pair done on the CPU is not redone on a GPU.
     """
 
     model: str | Path | None = None
@@ -78,6 +78,7 @@ class RegistrationSettings:
     prealignment: str = "rigid"
     refine_steps: int | None = None
     network: bool | None = None
+    mirror_average: bool | None = None
     fine_steps: int | None = None
     fine_spacing_mm: float | None = None
     check_modality: bool = True
@@ -386,6 +387,7 @@ def register_pair(task: PairTask) -> PairResult:
                 labels=list(pair.labels),
                 refine_steps=settings.refine_steps,
                 use_network=settings.network,
+                mirror_average=settings.mirror_average,
                 fine_steps=settings.fine_steps,
                 fine_spacing_mm=settings.fine_spacing_mm,
                 check_modality=settings.check_modality,

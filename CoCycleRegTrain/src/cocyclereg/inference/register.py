@@ -8,8 +8,10 @@ Stages (each timed):
 2. ``preprocess``: the model grid in the fixed image's physical space (the model's spacing,
    sides a multiple of 16, around the fixed foreground); the fixed image, and the moving image
    through ``A``, resampled onto it and normalised as the model file records.
-3. ``network``: one pass of R gives both fields (voxels on the model grid); skipped when the
-   refinement starts from zero fields instead (``use_network``).
+3. ``network``: one pass of R gives both fields (voxels on the model grid; two passes, averaged
+   with the left-right mirrored pair's, with ``mirror_average``:
+   :mod:`cocyclereg.inference.network_fields`); skipped when the refinement starts from zero
+   fields instead (``use_network``).
 4. ``refine``: optional instance optimisation of the fields on this pair
    (:mod:`cocyclereg.inference.refine`; the model file recommends the number of steps and the
    start).
@@ -53,6 +55,7 @@ from cocyclereg.geometry.jacobian import (
     jacobian_determinant_array,
 )
 from cocyclereg.geometry.resample import resample_to_grid
+from cocyclereg.inference.network_fields import network_fields
 from cocyclereg.inference.normalize import normalize
 from cocyclereg.inference.plausibility import check_registration_inputs
 from cocyclereg.inference.refine import flow_on_grid, refine_flow
@@ -315,6 +318,7 @@ def register(
     progress: Callable[[str], None] | None = None,
     refine_steps: int | None = None,
     use_network: bool | None = None,
+    mirror_average: bool | None = None,
     fine_steps: int | None = None,
     fine_spacing_mm: float | None = None,
     check_modality: bool = True,
@@ -342,6 +346,10 @@ def register(
             fields (the pre-aligned images as they are), so only the model's grid,
             normalisation and refinement settings are used: instance optimisation alone;
             ``None``: the model file's recommendation (``Refinement.use_network``).
+        mirror_average: average the network's fields with those of the left-right mirrored
+            pair (:mod:`cocyclereg.inference.network_fields`; the network runs twice; models on
+            an LPS grid only); ``None``: the model file's recommendation
+            (``Refinement.mirror_average``).
         fine_steps, fine_spacing_mm: the finer refinement level's Adam steps (0: none, the
             field stays on the model grid) and voxel size in mm, never finer than the fixed
             image's finest voxels (none if those are no finer than the model grid); ``None``:
@@ -379,6 +387,11 @@ def register(
                 "spacing or direction differ)."
             )
     moving_is_x = _choose_direction(info, fixed_modality, moving_modality)
+    if mirror_average and info.orientation != "LPS":
+        raise InputError(
+            "mirror averaging needs a model on an LPS grid (its last axis the patient's "
+            f"left-right axis); this model's grid follows the image ({info.orientation!r})."
+        )
     if check_modality:
         name = (
             info.provenance.get("name", "given") if isinstance(model, tuple) else Path(model).stem
@@ -415,6 +428,8 @@ def register(
     )
     if use_network is not None:
         refinement = replace(refinement, use_network=use_network)
+    if mirror_average is not None:
+        refinement = replace(refinement, mirror_average=mirror_average)
     if fine_steps is not None:
         refinement = replace(refinement, fine_steps=fine_steps)
     if fine_spacing_mm is not None:
@@ -423,11 +438,9 @@ def register(
     started = time.perf_counter()
     if refinement.use_network:
         report("network")
-        with torch.no_grad():
-            if moving_is_x:
-                forward_flow, inverse_flow = network(moving_tensor, fixed_tensor)
-            else:
-                inverse_flow, forward_flow = network(fixed_tensor, moving_tensor)
+        forward_flow, inverse_flow = network_fields(
+            network, moving_tensor, fixed_tensor, moving_is_x, refinement.mirror_average
+        )
         seconds["network"] = time.perf_counter() - started
     else:
         forward_flow = torch.zeros((1, 3, *fixed_tensor.shape[2:]), device=torch_device)
