@@ -437,6 +437,8 @@ def _models(args: argparse.Namespace) -> int:
             )
         if refinement.has_fine_level:
             default += f", then {refinement.fine_steps} on {refinement.fine_spacing_mm:g} mm voxels"
+        if refinement.mirror_average and not refinement.use_network:
+            default += "; --network runs it mirror-averaged"
         lines = [
             f"{name or path}{' (default)' if name == 'brain-t1t2' else ''}"
             + (f"  [bundled: --model {name}]" if name else f"  [--model {path}]"),
