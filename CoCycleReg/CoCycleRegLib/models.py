@@ -59,8 +59,8 @@ class ModelCard:
             )
         if not self.use_network:
             lines.append(
-                "Recommends the refinement alone, from the pre-aligned images: its network "
-                "was measured less accurate on unseen subjects (see its model card)."
+                "Recommends the refinement alone, from the pre-aligned images: starting from "
+                "its network measured no better on unseen subjects (see its model card)."
             )
         lines.append("Research software, not a medical device.")
         return "<br>".join(lines)
