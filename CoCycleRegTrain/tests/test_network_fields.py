@@ -17,6 +17,8 @@ from cocyclereg.cli import build_parser, register_keywords
 from cocyclereg.config import Refinement
 from cocyclereg.errors import InputError
 from cocyclereg.geometry.displacement import displacement_array
+from cocyclereg.inference.batch import RegistrationSettings, settings_record
+from cocyclereg.inference.manifest import Pair
 from cocyclereg.inference.network_fields import mirrored_flow, network_fields
 from cocyclereg.inference.register import register
 from cocyclereg.model_file import ModelInfo
@@ -138,3 +140,14 @@ def test_register_command_passes_the_choice_on(options, expected):
         ]
     )
     assert register_keywords(args)["mirror_average"] is expected
+
+
+def test_batch_records_hold_the_choice_only_when_made(tmp_path):
+    # A record written before the option existed has no such key: with the default (the
+    # model's recommendation) the record is unchanged, so an upgrade redoes no finished pair.
+    pair = Pair("a", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz")
+    model = tmp_path / "model.cocyclereg"
+    assert "mirror_average" not in settings_record(pair, RegistrationSettings(), model)
+    for choice in (True, False):
+        record = settings_record(pair, RegistrationSettings(mirror_average=choice), model)
+        assert record["mirror_average"] is choice

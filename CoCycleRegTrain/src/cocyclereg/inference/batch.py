@@ -156,10 +156,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Settings that records written before 0.5.0 lack: left out while they hold their default
+# (the model's recommendation), so those records still match and their pairs are not redone.
+_ADDED_IN_0_5 = ("mirror_average",)
+
+
 def settings_record(pair: Pair, settings: RegistrationSettings, model: Path) -> dict:
     """What a pair's outputs depend on, as recorded in its ``summary.json``: every input file
     (path, size, modification time), the model file (path, SHA-256), and every setting of
-    ``settings`` except the device. Equal records: the outputs would be the same."""
+    ``settings`` except the device (and ``mirror_average`` while ``None``). Equal records: the
+    outputs would be the same."""
     inputs = [pair.fixed, pair.moving, *pair.labels, *pair.fixed_labels]
     return {
         "fixed": str(pair.fixed),
@@ -169,7 +175,11 @@ def settings_record(pair: Pair, settings: RegistrationSettings, model: Path) -> 
         "files": [_file_identity(p) for p in inputs],
         "model": str(model),
         "model_sha256": _sha256(model.resolve()) if model.is_file() else None,
-        **{k: v for k, v in asdict(settings).items() if k not in ("model", "device")},
+        **{
+            k: v
+            for k, v in asdict(settings).items()
+            if k not in ("model", "device") and not (k in _ADDED_IN_0_5 and v is None)
+        },
     }
 
 
