@@ -6,6 +6,8 @@ Reads ``losses.jsonl`` (one record per step) and ``validation.jsonl`` (one recor
 validation) that ``cocyclereg train`` writes, and draws: the loss terms (moving average over
 25 steps), validation Dice against the identity Dice, the registration error against the
 known deformations (mm; HD95 for runs without one), and the percent of voxels with J <= 0.
+For a translators' run (``loss.mode=translation``) the validation panel is instead each
+translator's L1 error against the image change a validation-sized misalignment makes.
 """
 
 from __future__ import annotations
@@ -34,11 +36,23 @@ def _smooth(values: np.ndarray, width: int = 25) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
+def _plot_translation(axis, validation: list[dict]) -> None:
+    """Validation L1 of each translator against the misalignment signal (the gate's bar)."""
+    at = [v["step"] for v in validation]
+    axis.plot(at, [v["x2y_l1"] for v in validation], "o-", label="x -> y translator")
+    axis.plot(at, [v["y2x_l1"] for v in validation], "o-", label="y -> x translator")
+    axis.plot(at, [v["misalignment_l1"] for v in validation], "--", label="misalignment signal")
+    axis.set(xlabel="step", ylabel="mean L1 over the head", title="validation L1 (translators)")
+    axis.legend(fontsize=8)
+
+
 def plot(run: Path, output: Path, title: str) -> None:
     losses, validation = _records(run / "losses.jsonl"), _records(run / "validation.jsonl")
     if not losses:
         raise SystemExit(f"{run} has no losses.jsonl")
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    translation = bool(validation) and "misalignment_l1" in validation[0]
+    panels = 2 if translation else 3
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     steps = np.array([r["step"] for r in losses])
     terms = [k for k in losses[0] if k not in ("step", "seconds", "total")]
     for term in terms:
@@ -47,7 +61,9 @@ def plot(run: Path, output: Path, title: str) -> None:
         axes[0].plot(steps[len(steps) - len(smoothed) :], smoothed, label=term)
     axes[0].set(xlabel="step", ylabel="loss (25-step mean)", yscale="log", title="training losses")
     axes[0].legend(fontsize=8)
-    if validation:
+    if translation:
+        _plot_translation(axes[1], validation)
+    elif validation:
         at = [v["step"] for v in validation]
         axes[1].plot(at, [v["dice"] for v in validation], "o-", label="registered")
         axes[1].plot(at, [v["identity_dice"] for v in validation], "--", label="identity")
