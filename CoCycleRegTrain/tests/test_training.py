@@ -506,6 +506,45 @@ def test_cosine_schedule_decays_every_rate_and_depends_on_the_step_only(pair_csv
     assert trainer.optimizer_g.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.55)
 
 
+def test_the_supervised_weight_decays_to_its_final_fraction_and_scales_the_term(pair_csv, tmp_path):
+    trainer = Trainer(
+        load_config(
+            preset="cpu-small",
+            overrides=_settings(
+                pair_csv,
+                tmp_path / "run",
+                "loss.mode=vmind",
+                "loss.deformation=2.0",
+                "loss.deformation_final_fraction=0.25",
+                "train.steps=100",
+            ),
+        )
+    )
+    factors = [trainer.deformation_factor(step) for step in range(0, 101, 10)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.25)
+    assert factors[5] == pytest.approx(0.625)
+    assert factors == sorted(factors, reverse=True)
+    assert trainer.deformation_factor(500) == pytest.approx(0.25)  # held after train.steps
+    batch = trainer.batch_for_step(0)
+    arguments = (batch["x"], batch["y"], None, None, batch["deformation"])
+    totals = []
+    for factor in (1.0, 0.25):
+        trainer.objective.deformation_factor = factor
+        total, terms = trainer.objective.generator_loss(*arguments)
+        total, supervised = float(total.detach()), float(terms["deformation"].detach())
+        rest = total - 2.0 * factor * supervised
+        totals.append((total, rest))
+    # Only the supervised term changes: by 2.0 * 0.75 times the end-point error.
+    assert totals[0][1] == pytest.approx(totals[1][1], abs=1e-5)
+    assert totals[0][0] - totals[1][0] == pytest.approx(1.5 * supervised, rel=1e-4)
+    # The trainer sets the factor for the step it runs.
+    trainer.step = 50
+    trainer.train_step(batch)
+    assert trainer.objective.deformation_factor == pytest.approx(0.625)
+    with pytest.raises(CoCycleRegError, match="deformation_final_fraction"):
+        load_config(preset="cpu-small", overrides=["loss.deformation_final_fraction=1.5"])
+
+
 def test_the_average_of_rs_weights_is_validated_kept_resumed_and_exported(pair_csv, tmp_path):
     decay = 0.8
     settings = _settings(

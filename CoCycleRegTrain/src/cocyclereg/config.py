@@ -98,6 +98,10 @@ class LossConfig:
     averages the squared end-point error instead (voxels squared): the plain error pulls a
     still-blind R towards zero fields as hard from a small motion as from a large one (its
     best constant is the median motion), the squared one lets the large motions lead.
+    ``deformation_final_fraction`` (1: a constant weight) lets that weight decay along half a
+    cosine from ``deformation`` at step 0 to this fraction of it at ``train.steps``: a
+    collaborative-cycle fine-tune that starts from a supervised R hands over to the
+    unsupervised terms gradually, keeping some supervision to the end.
 
     ``similarity_sigma`` (0 in the paper): Gaussian smoothing, in voxels, of both images of every
     image similarity term (L1 and the registration MIND terms). Every non-integer warp blurs an
@@ -125,6 +129,7 @@ class LossConfig:
     deformation: float = 0.0
     deformation_foreground: bool = False
     deformation_squared: bool = False
+    deformation_final_fraction: float = 1.0
     similarity_sigma: float = 0.0
     mind_radius: int = 1
     mind_dilation: int = 2
@@ -639,6 +644,8 @@ def validate(config: Config) -> None:
         raise ConfigError("data.synthetic_shapes must not be negative")
     if not 0 <= config.optim.final_lr_fraction <= 1:
         raise ConfigError("optim.final_lr_fraction must be in [0, 1]")
+    if not 0 <= config.loss.deformation_final_fraction <= 1:
+        raise ConfigError("loss.deformation_final_fraction must be in [0, 1]")
     if not 0 <= config.optim.registration_average < 1:
         raise ConfigError(
             "optim.registration_average must be in [0, 1): 0 switches the average off, "

@@ -102,6 +102,9 @@ class CoCycleObjective:
         self.modules = modules
         self.weights = config.loss
         self.deformed = config.data.deform if config.data.deform != "random" else None
+        # The supervised term's weight is loss.deformation times this factor, which the trainer
+        # sets each step (loss.deformation_final_fraction).
+        self.deformation_factor = 1.0
         self.warp = SpatialTransformer("bilinear")
 
     def _l1(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -224,7 +227,7 @@ class CoCycleObjective:
             terms["deformation"] = self._end_point_error(
                 flow_x2y, flow_y2x, deformation, deformed, mask
             )
-            supervised = w.deformation * terms["deformation"]
+            supervised = w.deformation * self.deformation_factor * terms["deformation"]
             with torch.no_grad():
                 zero = torch.zeros_like(flow_x2y)
                 terms["deformation_identity"] = self._end_point_error(

@@ -326,6 +326,13 @@ class Trainer:
         final = optim.final_lr_fraction
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def deformation_factor(self, step: int) -> float:
+        """The factor on ``loss.deformation`` at ``step``: half a cosine from 1 at step 0 to
+        ``loss.deformation_final_fraction`` at ``train.steps`` (1 throughout by default)."""
+        final = self.config.loss.deformation_final_fraction
+        progress = min(step / max(self.config.train.steps, 1), 1.0)
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def _set_learning_rates(self) -> None:
         """Set every optimiser's rate for ``self.step``: a function of the step alone, so a
         resumed run follows the same schedule."""
@@ -341,6 +348,7 @@ class Trainer:
         """One published training step on ``batch``; returns the loss terms as floats."""
         torch.manual_seed(_step_seed(self.config.train.seed, self.step, self.rank))
         self._set_learning_rates()
+        self.objective.deformation_factor = self.deformation_factor(self.step)
         x, y = batch["x"].to(self.device), batch["y"].to(self.device)
         record: dict[str, float] = {}
         translations = None
