@@ -2,10 +2,11 @@
 
 Usage: python tools/plot_training.py RUN_FOLDER OUTPUT.png [--title TEXT]
 
-Reads ``losses.jsonl`` (one record per step) and ``validation.jsonl`` (one record per
-validation) that ``cocyclereg train`` writes, and draws: the loss terms (moving average over
-25 steps), validation Dice against the identity Dice, the registration error against the
-known deformations (mm; HD95 for runs without one), and the percent of voxels with J <= 0.
+Reads ``losses.jsonl`` (one record every ``train.log_every`` steps) and ``validation.jsonl``
+(one record per validation) that ``cocyclereg train`` writes, and draws: the loss terms
+(moving average over a twentieth of the run), validation Dice against the identity Dice, the
+registration error against the known deformations (mm; HD95 for runs without one), and the
+percent of voxels with J <= 0.
 For a translators' run (``loss.mode=translation``) the validation panel is instead each
 translator's L1 error against the image change a validation-sized misalignment makes.
 """
@@ -54,12 +55,21 @@ def plot(run: Path, output: Path, title: str) -> None:
     panels = 2 if translation else 3
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     steps = np.array([r["step"] for r in losses])
+    # A moving average over a twentieth of the run, at most 25 records (one record every
+    # train.log_every steps); the axis label states its length in steps.
+    interval = int(steps[1] - steps[0]) if len(steps) > 1 else 1
+    width = max(1, min(25, len(steps) // 20))
     terms = [k for k in losses[0] if k not in ("step", "seconds", "total")]
     for term in terms:
         values = np.array([r.get(term, np.nan) for r in losses], dtype=float)
-        smoothed = _smooth(values)
+        smoothed = _smooth(values, width)
         axes[0].plot(steps[len(steps) - len(smoothed) :], smoothed, label=term)
-    axes[0].set(xlabel="step", ylabel="loss (25-step mean)", yscale="log", title="training losses")
+    axes[0].set(
+        xlabel="step",
+        ylabel=f"loss ({width * interval}-step mean)",
+        yscale="log",
+        title="training losses",
+    )
     axes[0].legend(fontsize=8)
     if translation:
         _plot_translation(axes[1], validation)
