@@ -111,13 +111,26 @@ def test_the_model_files_recommendation_applies_unless_overridden(tmp_path):
     )
 
 
-def test_a_model_on_the_images_own_grid_is_refused():
+def test_a_model_on_the_images_own_grid_is_refused_where_the_network_runs():
     network, info = _constant_model()
     image_grid = replace(info, orientation="image")
     grid = TEST_GRIDS["oblique-flip-x"]
     fixed = image_on(grid, smooth_volume(grid, seed=1))
-    with pytest.raises(InputError, match="LPS grid"):
+    with pytest.raises(InputError, match="LPS model grid"):
         register(fixed, fixed, (network, image_grid), affine=False, mirror_average=True)
+    # Without the network there is nothing to mirror: the option has no effect, no refusal.
+    result = register(
+        fixed,
+        fixed,
+        (network, image_grid),
+        affine=False,
+        mirror_average=True,
+        use_network=False,
+        refine_steps=0,
+        fine_steps=0,
+    )
+    assert not result.refinement.use_network
+    assert np.abs(displacement_array(result.transform)).max() == 0
     with pytest.raises(ValueError, match="LPS model grid"):
         replace(image_grid, refinement=Refinement(mirror_average=True))
 

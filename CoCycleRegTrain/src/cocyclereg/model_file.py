@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from cocyclereg.config import Refinement
 from cocyclereg.errors import InputError
+from cocyclereg.inference.network_fields import mirroring_refusal
 from cocyclereg.io import atomic_output
 from cocyclereg.networks import DualHeadUNet
 from cocyclereg.networks.registration import SIZE_MULTIPLE
@@ -65,11 +66,9 @@ class ModelInfo:
     intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.refinement.mirror_average and self.orientation != "LPS":
-            raise ValueError(
-                "mirror averaging needs an LPS model grid (its last axis the patient's "
-                f"left-right axis), not orientation {self.orientation!r}"
-            )
+        refusal = mirroring_refusal(self.orientation)
+        if self.refinement.mirror_average and refusal:
+            raise ValueError(refusal)
 
     @property
     def modalities(self) -> tuple[str, str]:

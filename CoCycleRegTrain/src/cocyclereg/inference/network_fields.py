@@ -23,6 +23,20 @@ from cocyclereg.networks import DualHeadUNet
 _MIRROR_SIGN = (1.0, 1.0, -1.0)
 
 
+def mirroring_refusal(orientation: str) -> str | None:
+    """Why a model grid of ``orientation`` cannot be mirror-averaged (``None``: it can).
+
+    Only an LPS model grid puts the patient's left-right axis on W; a grid that follows the
+    image may have any axis there, and mirroring another one would average a different head.
+    """
+    if orientation == "LPS":
+        return None
+    return (
+        "mirror averaging needs an LPS model grid (its last axis the patient's left-right "
+        f"axis); this model's grid follows the image (orientation {orientation!r})"
+    )
+
+
 def mirrored_flow(flow: torch.Tensor) -> torch.Tensor:
     """``flow`` (``(N, 3, D, H, W)`` voxels, channels D, H, W) of a pair mirrored along W, as a
     flow of the pair as given: W reversed and the W component negated. Its own inverse."""

@@ -55,7 +55,7 @@ from cocyclereg.geometry.jacobian import (
     jacobian_determinant_array,
 )
 from cocyclereg.geometry.resample import resample_to_grid
-from cocyclereg.inference.network_fields import network_fields
+from cocyclereg.inference.network_fields import mirroring_refusal, network_fields
 from cocyclereg.inference.normalize import normalize
 from cocyclereg.inference.plausibility import check_registration_inputs
 from cocyclereg.inference.refine import flow_on_grid, refine_flow
@@ -387,11 +387,11 @@ def register(
                 "spacing or direction differ)."
             )
     moving_is_x = _choose_direction(info, fixed_modality, moving_modality)
-    if mirror_average and info.orientation != "LPS":
-        raise InputError(
-            "mirror averaging needs a model on an LPS grid (its last axis the patient's "
-            f"left-right axis); this model's grid follows the image ({info.orientation!r})."
-        )
+    runs_network = info.refinement.use_network if use_network is None else use_network
+    mirrors = info.refinement.mirror_average if mirror_average is None else mirror_average
+    refusal = mirroring_refusal(info.orientation)
+    if runs_network and mirrors and refusal:
+        raise InputError(refusal[0].upper() + refusal[1:] + ".")
     if check_modality:
         name = (
             info.provenance.get("name", "given") if isinstance(model, tuple) else Path(model).stem
