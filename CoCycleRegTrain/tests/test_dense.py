@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on, oblique_direction
 
-from cocyclereg.geometry.dense import composed_displacement, resample_through
+from cocyclereg.geometry.dense import composed_displacement, covering_field, resample_through
 from cocyclereg.geometry.displacement import (
     affine_parameters,
     displacement_field_image,
@@ -71,6 +71,38 @@ def test_composed_displacement_equals_itk_composite(test_grid, aligned, composit
     if composition == "none":  # the field reaches only part of the target: zero elsewhere
         outside = np.all(expected == 0, axis=-1)
         assert 0.05 < outside.mean() < 0.95
+
+
+@pytest.mark.parametrize("composition", ["none", "before"])
+def test_a_covering_field_holds_its_edge_values_beyond_its_grid(test_grid, composition):
+    """Independent: at each target voxel, the field's continuous index clamped into its grid,
+    then trilinear interpolation of the original field (scipy)."""
+    from scipy.ndimage import map_coordinates
+
+    field_grid = _field_grid(test_grid, oblique_direction([10, 25, -5], [1, 1, -1]))
+    u = np.random.default_rng(5).normal(size=(*field_grid.shape, 3)) * 2.0
+    before = affine_parameters(_rigid(6).GetInverse()) if composition == "before" else None
+    extended, grid = covering_field(u, field_grid, test_grid, before=before)
+    ours = composed_displacement(test_grid, extended, grid, before=before)
+
+    centres = test_grid.physical_points()
+    points = centres if before is None else centres @ before[0].T + before[1]  # r = before(p)
+    index = field_grid.physical_to_index(points)  # (D, H, W, 3) in (i, j, k)
+    clamped = np.clip(index, 0, np.asarray(field_grid.size) - 1)
+    coordinates = [clamped[..., axis] for axis in (2, 1, 0)]  # array order (k, j, i)
+    held = np.stack([map_coordinates(u[..., c], coordinates, order=1) for c in range(3)], -1)
+    expected = points + held - centres  # T(p) - p with T(p) = r + u(r)
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    # The original field reaches only part of the target; the covering one all of it, and
+    # equals the original wherever the original reaches.
+    original = composed_displacement(test_grid, u, field_grid, before=before)
+    reached = np.all(np.abs(index - clamped) < 0.5, axis=-1)
+    assert 0.05 < reached.mean() < 0.95
+    np.testing.assert_allclose(original[~reached], (points - centres)[~reached], atol=1e-9)
+    np.testing.assert_allclose(ours[reached], original[reached], atol=1e-9)
+    # Already covering: returned as it is.
+    again, same_grid = covering_field(extended, grid, test_grid, before=before)
+    assert again is extended and same_grid is grid
 
 
 @pytest.mark.parametrize("aligned", [True, False], ids=["separable", "grid-sample"])

@@ -93,6 +93,36 @@ def test_fields_follow_the_chosen_head_on_oblique_grids(swap):
     assert Grid.from_image(result.warped).is_close(fixed_grid)
 
 
+def test_beyond_the_model_grid_the_field_holds_its_edge_value_and_nothing_folds():
+    # The model grid covers the fixed image's foreground; give the fixed image a foreground
+    # in its middle only (a head in a larger field of view), so most of it lies beyond.
+    fixed_grid = Grid(
+        (120, 110, 40), (0.9, 1.3, 3.0), (12.5, -30.0, 4.0), TEST_GRIDS["oblique-flip-x"].direction
+    )
+    moving_grid = TEST_GRIDS["oblique-flip-yz"]
+    volume = np.zeros(fixed_grid.shape, np.float32)  # (D, H, W): background but the middle
+    volume[12:28, 33:77, 36:84] = (
+        1.0 + np.abs(smooth_volume(fixed_grid, seed=3))[12:28, 33:77, 36:84]
+    )
+    fixed = image_on(fixed_grid, volume)
+    moving = image_on(moving_grid, smooth_volume(moving_grid, seed=4))
+    result = register(fixed, moving, _constant_model(), affine=False, device="cpu")
+    assert _inside(result.model_grid, fixed_grid).mean() < 0.9
+    assert _inside(result.model_grid, moving_grid).mean() < 1
+    # A constant shift, everywhere: not zero beyond the model grid (ITK's convention for a
+    # displacement field, which would put a step in the transform at the grid's edge).
+    field = displacement_array(result.transform)
+    np.testing.assert_allclose(
+        field, np.broadcast_to(_expected_mm(FORWARD_VOXELS), field.shape), atol=1e-9
+    )
+    inverse = displacement_array(result.inverse_transform)
+    np.testing.assert_allclose(
+        inverse, np.broadcast_to(_expected_mm(INVERSE_VOXELS), inverse.shape), atol=1e-9
+    )
+    np.testing.assert_allclose(sitk.GetArrayFromImage(result.jacobian), 1.0, atol=1e-6)
+    assert result.folding.folding_voxels == 0
+
+
 def test_affine_is_folded_into_both_fields(data_dir):
     folder = data_dir / "brain-t1t2" / "TCGA-FG-6692-unregistered"
     network, info = _constant_model()

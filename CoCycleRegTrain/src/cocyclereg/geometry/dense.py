@@ -11,6 +11,8 @@ compiled loops (:mod:`cocyclereg.geometry.kernels`) that visit each target voxel
   its own grid, interpolated as ITK's ``DisplacementFieldTransform`` does (trilinear, clamped
   at the border within half a voxel outside the field's first and last centres, zero further
   out).
+* :func:`covering_field`: such a field extended by its edge values to cover a target grid,
+  so that it does not drop to zero at its grid's edge inside the target.
 * :func:`resample_through`: images (on their own grid) sampled at ``T(p)``, as ITK's
   ``ResampleImageFilter`` with a linear or nearest-neighbour interpolator does: points whose
   continuous index lies within half a voxel of the image's first and last centres are
@@ -91,6 +93,54 @@ def composed_displacement(
         *_affine_plus_field(target, field_mm, field_grid, before, after, output), result
     )
     return result
+
+
+def covering_field(
+    field_mm: np.ndarray,
+    field_grid: Grid,
+    target: Grid,
+    *,
+    before: LinearMap | None = None,
+) -> tuple[np.ndarray, Grid]:
+    """``field_mm`` (``(d, h, w, 3)`` LPS mm on ``field_grid``) extended by its edge values
+    until its grid covers every voxel centre ``p`` of ``target`` (at ``r = before(p)``):
+    ``(field, grid)``, the input itself where it already covers them.
+
+    A registration's field lives on a model grid around the fixed image's foreground. Taken as
+    it is, ITK's interpolation (:func:`composed_displacement`) drops it to zero half a voxel
+    beyond that grid, a step in the written transform that its Jacobian counts as folding.
+    Held constant outward along each grid axis instead (as 3D Slicer evaluates a grid
+    transform beyond its grid), the field is continuous; inside the original grid nothing
+    changes (the original voxels keep their positions and values).
+    """
+    eye = (np.eye(3), np.zeros(3))
+    before_matrix, before_offset = before if before is not None else eye
+    corners = np.array(
+        [
+            [i, j, k]
+            for i in (0, target.size[0] - 1)
+            for j in (0, target.size[1] - 1)
+            for k in (0, target.size[2] - 1)
+        ],
+        dtype=float,
+    )
+    points = target.index_to_physical(corners) @ before_matrix.T + before_offset
+    index = field_grid.physical_to_index(points)
+    size = np.asarray(field_grid.size)
+    below = np.maximum(0, np.ceil(-index.min(axis=0))).astype(int)
+    above = np.maximum(0, np.ceil(index.max(axis=0) - (size - 1))).astype(int)
+    if not below.any() and not above.any():
+        return field_mm, field_grid
+    below, above = below + 1, above + 1  # one voxel more: never on the half-voxel boundary
+    padding = [(int(below[a]), int(above[a])) for a in (2, 1, 0)] + [(0, 0)]
+    extended = np.pad(np.asarray(field_mm), padding, mode="edge")
+    grid = Grid(
+        tuple(int(n) for n in size + below + above),
+        field_grid.spacing,
+        tuple(field_grid.index_to_physical(-below.astype(float))),
+        field_grid.direction,
+    )
+    return extended, grid
 
 
 def resample_through(

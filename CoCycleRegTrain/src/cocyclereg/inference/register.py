@@ -40,7 +40,7 @@ from cocyclereg.descriptors import MIND_CHANNELS
 from cocyclereg.device import resolve_device
 from cocyclereg.errors import GeometryError, InputError
 from cocyclereg.geometry import kernels
-from cocyclereg.geometry.dense import composed_displacement, resample_through
+from cocyclereg.geometry.dense import composed_displacement, covering_field, resample_through
 from cocyclereg.geometry.displacement import (
     affine_parameters,
     displacement_field_image,
@@ -489,8 +489,11 @@ def register(
     deformable = deformable_displacement_stats(forward_mm, fixed_tensor[0, 0].cpu().numpy() > 0)
     fixed_grid = Grid.from_image(fixed)
     after = affine_parameters(pre_alignment) if pre_alignment is not None else None
+    # Beyond the model grid (the fixed image's foreground box) the field holds its edge values,
+    # so the written transform has no step there (covering_field).
+    covering_mm, covering_grid = covering_field(forward_mm, field_grid, fixed_grid)
     transform_mm = composed_displacement(
-        fixed_grid, forward_mm, field_grid, after=after, dtype=np.float32
+        fixed_grid, covering_mm, covering_grid, after=after, dtype=np.float32
     )
     jacobian = determinant_image(
         jacobian_determinant_array(transform_mm, fixed_grid, np.float32), fixed_grid
@@ -502,19 +505,22 @@ def register(
         before = (
             affine_parameters(pre_alignment.GetInverse()) if pre_alignment is not None else None
         )
-        inverse_mm = voxel_flow_to_displacement_mm(
-            inverse_flow[0].double().cpu().numpy(), field_grid
+        inverse_mm, inverse_grid = covering_field(
+            voxel_flow_to_displacement_mm(inverse_flow[0].double().cpu().numpy(), field_grid),
+            field_grid,
+            moving_grid,
+            before=before,
         )
         inverse_transform = displacement_field_image(
             composed_displacement(
-                moving_grid, inverse_mm, field_grid, before=before, dtype=np.float32
+                moving_grid, inverse_mm, inverse_grid, before=before, dtype=np.float32
             ),
             moving_grid,
             np.float32,
         )
     images = [(moving, "linear")] if warp_moving else []
     images += [(labelmap, "label") for labelmap in labelmaps]
-    resampled = resample_through(images, fixed_grid, forward_mm, field_grid, after=after)
+    resampled = resample_through(images, fixed_grid, covering_mm, covering_grid, after=after)
     warped = resampled.pop(0) if warp_moving else None
     warped_labels = resampled
     seconds["output"] = time.perf_counter() - started
