@@ -15,6 +15,7 @@ import vtk
 from CoCycleRegLib import nodes as mrml
 from CoCycleRegLib.pipeline import (
     RegistrationRequest,
+    check_request,
     export_inputs,
     import_results,
     register_command,
@@ -296,3 +297,21 @@ def test_the_refine_and_network_switches_reach_the_package_command_line(tmp_path
     assert arguments.refine_steps == (None if refine else 0)
     assert arguments.fine_steps == (None if refine else 0)
     assert arguments.network is network
+
+
+def test_refine_off_with_the_network_off_is_refused_before_it_runs(case, model_file):
+    """Without the refinement and without the network nothing deformable would run: the
+    result would be the pre-alignment alone, reported as done. Apply says why instead."""
+    scene = slicer.vtkMRMLScene()
+    fixed = mrml.load_volume(scene, case["fixed"], "fixed T2")
+    moving = mrml.load_volume(scene, case["moving"], "moving T1 oblique")
+    reasons = {
+        (refine, network): check_request(
+            RegistrationRequest(fixed, moving, str(model_file), refine=refine, network=network)
+        )
+        for refine in (True, False)
+        for network in (True, False, None)
+    }
+    assert "Neither the network nor the refinement" in reasons[(False, False)]
+    assert all(reason is None for key, reason in reasons.items() if key != (False, False))
+    scene.Clear(1)

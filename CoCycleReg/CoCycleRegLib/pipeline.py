@@ -114,6 +114,12 @@ def check_request(request: RegistrationRequest) -> str | None:
     for node in request.labelmaps + request.segmentations:
         if node.GetParentTransformNode() is not None:
             return f"'{node.GetName()}' is under a transform: harden or remove it first."
+    if not request.refine and request.network is False:
+        return (
+            "Neither the network nor the refinement would run, so nothing would be registered "
+            "beyond the pre-alignment: tick 'Start from the network's field' to use the "
+            "network's field as it is, or 'Refine on this pair'."
+        )
     return None
 
 
