@@ -335,6 +335,46 @@ def test_register_many_yields_results_as_they_finish(tmp_path):
         next(cocyclereg.register_many(pairs, output, RegistrationSettings(model="none.cocyclereg")))
 
 
+def test_a_folder_that_is_not_an_earlier_result_is_never_replaced(tmp_path):
+    """Data the user keeps in OUTPUT/<id> (here the pair's own inputs and notes) must survive:
+    the pair fails with the reason, the folder is left as it is, the other pairs run."""
+    from cocyclereg.inference.batch import _move_into_place
+
+    output = tmp_path / "out"
+    subject = output / "sub-01"
+    subject.mkdir(parents=True)
+    for name in ("fixed_t2.nii.gz", "moving_t1.nii.gz"):
+        (subject / name).write_bytes((DEMO / name).read_bytes())
+    (subject / "notes.txt").write_text("keep me", encoding="utf-8")
+    before = sorted(p.name for p in subject.iterdir())
+    pairs = [
+        Pair("sub-01", subject / "fixed_t2.nii.gz", subject / "moving_t1.nii.gz"),
+        Pair("demo", DEMO / "fixed_t2.nii.gz", DEMO / "moving_t1.nii.gz"),
+    ]
+    settings = RegistrationSettings(affine=False, refine_steps=1)
+    results = {r.id: r for r in cocyclereg.register_many(pairs, output, settings)}
+    assert results["sub-01"].status == "failed"
+    assert "not a pair folder written by cocyclereg batch" in results["sub-01"].error
+    assert results["demo"].status == "registered"
+    assert sorted(p.name for p in subject.iterdir()) == before
+    assert (subject / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+    # An input inside an earlier result's folder: replacing that folder would delete it.
+    warped = output / "demo" / "warped_t1.nii.gz"
+    assert warped.is_file()
+    again = [Pair("demo", DEMO / "fixed_t2.nii.gz", warped)]
+    [result] = cocyclereg.register_many(again, output, settings)
+    assert result.status == "failed" and "lies in the pair's output folder" in result.error
+    assert warped.is_file()
+
+    # The last check before the rename, for a folder that appeared after planning.
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(InputError, match="not a pair folder"):
+        _move_into_place(staging, subject)
+    assert (subject / "notes.txt").is_file() and staging.is_dir()
+
+
 @pytest.mark.slow
 def test_a_dask_cluster_registers_the_same_and_loses_no_pair_to_a_killed_worker(
     tmp_path, one_thread

@@ -205,17 +205,54 @@ def _recorded(folder: Path) -> dict | None:
     return entry
 
 
+def _is_pair_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a pair folder this command wrote (its summary has a ``batch``
+    entry), complete or not: the only kind of folder a batch may replace."""
+    try:
+        summary = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "batch" in summary
+
+
+def _folder_refusal(pair: Pair, folder: Path) -> str | None:
+    """Why the pair's output ``folder`` may not be written (``None``: it may): it holds
+    something other than an earlier result of this command, or one of the pair's inputs,
+    which replacing the folder would delete."""
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if not folder.is_dir() or folder.is_symlink() or not _is_pair_folder(folder):
+        return (
+            f"{folder} exists and is not a pair folder written by cocyclereg batch; "
+            "it was left as it is: move it, rename the pair or choose another --output"
+        )
+    inside = folder.resolve()
+    for path in (pair.fixed, pair.moving, *pair.labels, *pair.fixed_labels):
+        if Path(path).resolve().is_relative_to(inside):
+            return (
+                f"the input {path} lies in the pair's output folder {folder}, which a new "
+                "result replaces: move the input or choose another --output"
+            )
+    return None
+
+
 def plan(
     pairs: Sequence[Pair], output: Path, settings: RegistrationSettings, force: bool = False
 ) -> tuple[list[PairTask], list[PairResult]]:
     """Split ``pairs`` into tasks to run and results known now: pairs already complete
-    (``skipped``) and rows naming an unknown bundled model (``failed``). A pair is complete
-    when ``output/<id>/summary.json`` records the same settings (:func:`settings_record`) and
+    (``skipped``), rows naming an unknown bundled model and pairs whose output folder holds
+    something a result must not replace (``failed``). A pair is complete when
+    ``output/<id>/summary.json`` records the same settings (:func:`settings_record`) and
     every file it lists is there; with ``force`` none is."""
     from cocyclereg.resources import resolve_model
 
     tasks, done = [], []
     for pair in pairs:
+        refusal = _folder_refusal(pair, output / pair.id)
+        if refusal is not None:
+            failure = PairResult(pair.id, "failed", str(pair.fixed), str(pair.moving))
+            done.append(replace(failure, error=refusal))
+            continue
         effective = _pair_settings(pair, settings)
         try:
             model = resolve_model(effective.model)
@@ -361,8 +398,15 @@ def _write_pair(task: PairTask, result, scores, started: float) -> PairResult:
 
 def _move_into_place(staging: Path, folder: Path) -> None:
     """Rename the complete ``staging`` folder to ``folder``; an older ``folder`` is moved aside
-    first and removed after, so ``folder`` is always a complete pair folder or absent."""
-    if folder.exists():
+    first and removed after, so ``folder`` is always a complete pair folder or absent. Only an
+    earlier pair folder of this command is ever replaced (checked again here: the folder may
+    have appeared since the batch was planned)."""
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink() or not _is_pair_folder(folder):
+            raise InputError(
+                f"{folder} exists and is not a pair folder written by cocyclereg batch; "
+                "it was left as it is"
+            )
         aside = folder.with_name(f".{folder.name}{_REPLACED_MARK}{secrets.token_hex(4)}")
         os.replace(folder, aside)
         os.replace(staging, folder)
