@@ -375,6 +375,26 @@ def test_a_folder_that_is_not_an_earlier_result_is_never_replaced(tmp_path):
     assert (subject / "notes.txt").is_file() and staging.is_dir()
 
 
+def test_a_batch_that_cannot_start_leaves_the_results_table_as_it_was(tmp_path, capsys):
+    import fcntl
+
+    manifest = _write_manifest(tmp_path / "pairs.csv", "id,fixed,moving", [_demo_row("demo")])
+    output = tmp_path / "out"
+    arguments = ["batch", "--manifest", str(manifest), "--output", str(output), "--no-affine"]
+    assert main([*arguments, "--refine-steps", "1"]) == 0
+    table = (output / "results.csv").read_bytes()
+    assert b"registered" in table
+    # A misspelt model: refused, and the finished table is not rewritten as "pending".
+    assert main([*arguments, "--model", "brain-t1t3"]) != 0
+    assert (output / "results.csv").read_bytes() == table
+    # Another batch holds the folder: refused without touching that batch's table.
+    with (output / ".cocyclereg-batch.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*arguments, "--refine-steps", "2"]) != 0
+        assert "Another cocyclereg batch" in capsys.readouterr().err
+    assert (output / "results.csv").read_bytes() == table
+
+
 @pytest.mark.slow
 def test_a_dask_cluster_registers_the_same_and_loses_no_pair_to_a_killed_worker(
     tmp_path, one_thread

@@ -100,9 +100,10 @@ def run_batch(args: argparse.Namespace) -> int:
     table = ResultsTable(pairs, args.output / RESULTS_NAME)
     counts = {"registered": 0, "skipped": 0, "failed": 0}
     bar = tqdm(total=len(pairs), unit="pair", file=sys.stderr, dynamic_ncols=True)
-    interrupted = False
+    interrupted = arrived = False
     try:
         for result in results:
+            arrived = True
             table.add(result)
             counts[result.status] += 1
             if result.status == "failed":
@@ -119,7 +120,9 @@ def run_batch(args: argparse.Namespace) -> int:
     finally:
         results.close()
         bar.close()
-        if args.output.is_dir():
+        # Nothing arrived and nothing was interrupted: the batch did not start (an unknown
+        # model, or another batch holds the folder), so an earlier results.csv stays as it is.
+        if args.output.is_dir() and (arrived or interrupted):
             table.write()
     done = sum(counts.values())
     print(
