@@ -193,3 +193,42 @@ def test_register_checks_every_output_path_before_the_first_stage(tmp_path, caps
         assert expected in " ".join(error.split()), error
         assert "stage:" not in error and ".partial" not in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "folder.h5"]
+
+
+def test_resample_jacobian_and_evaluate_never_overwrite_their_inputs(tmp_path, capsys):
+    grid = TEST_GRIDS["oblique-flip-x"]
+    moving, warp = tmp_path / "moving.nrrd", tmp_path / "warp.h5"
+    labels = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(image_on(grid, smooth_volume(grid)), str(moving))
+    sitk.WriteImage(image_on(grid, (smooth_volume(grid) > 0).astype(np.uint8)), str(labels))
+    field = displacement_field_image(voxel_flow_to_displacement_mm(smooth_flow(grid), grid), grid)
+    write_displacement_transform(field, warp)
+    field_image = tmp_path / "warp.nii.gz"
+    sitk.WriteImage(field, str(field_image))
+    (tmp_path / "afile").write_text("not a folder")
+    resample = ["resample", "--input", str(moving), "--reference", str(moving)]
+    evaluate = ["evaluate", "--fixed-labels", str(labels), "--moving-labels", str(labels)]
+    cases = [
+        ([*resample, "--output", str(moving)], f"--output {moving} is one of the inputs"),
+        (
+            [*resample, "--transform", str(warp), "--output", str(tmp_path / "afile" / "w.nrrd")],
+            f"{tmp_path / 'afile'} is a file, not a folder",
+        ),
+        (
+            ["jacobian", "--transform", str(field_image), "--output", str(field_image)],
+            f"--output {field_image} is one of the inputs",
+        ),
+        (
+            ["jacobian", "--transform", str(warp), "--summary", str(warp)],
+            f"--summary {warp} is one of the inputs",
+        ),
+        ([*evaluate, "--transform", str(warp), "--json", str(warp)], "is one of the inputs"),
+    ]
+    contents = {path: path.read_bytes() for path in (moving, warp, field_image, labels)}
+    for arguments, expected in cases:
+        assert main(arguments) == 2, arguments
+        assert expected in " ".join(capsys.readouterr().err.split())
+    assert {path: path.read_bytes() for path in contents} == contents
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["afile", "labels.nii.gz", "moving.nrrd", "warp.h5", "warp.nii.gz"]
+    )

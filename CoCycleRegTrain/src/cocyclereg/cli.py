@@ -35,7 +35,17 @@ sample: SimpleITK, ITK, ANTs and 3D Slicer apply it unchanged.
 """
 
 
+def _check_outputs(outputs, inputs) -> None:
+    """Refuse outputs that would overwrite an input or could not be written, before any work."""
+    from cocyclereg.inference.outputs import check_output_paths
+
+    check_output_paths(outputs, [path for path in inputs if path is not None])
+
+
 def _resample(args: argparse.Namespace) -> int:
+    _check_outputs(
+        [("--output", "image", args.output)], [args.input, args.reference, args.transform]
+    )
     moving = read_labels(args.input) if args.labels else read_image(args.input)
     grid = Grid.from_image(read_image(args.reference))
     transform = (
@@ -48,6 +58,10 @@ def _resample(args: argparse.Namespace) -> int:
 
 
 def _jacobian(args: argparse.Namespace) -> int:
+    _check_outputs(
+        [("--output", "image", args.output), ("--summary", "json", args.summary)],
+        [args.transform],
+    )
     determinant = jacobian_determinant(read_displacement_field(args.transform))
     stats = folding_stats(determinant)
     if args.output:
@@ -207,6 +221,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cocyclereg.evaluation.evaluate import evaluate, read_transform
 
+    _check_outputs(
+        [("--json", "json", args.json)],
+        [args.fixed_labels, args.moving_labels, args.transform, args.ground_truth],
+    )
     result = evaluate(
         read_labels(args.fixed_labels),
         read_labels(args.moving_labels),

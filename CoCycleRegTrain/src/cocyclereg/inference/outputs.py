@@ -58,6 +58,8 @@ def check_output_paths(
             )
         seen[resolved] = option
         folder = resolved.parent
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{option} {path}: {folder} is a file, not a folder.")
         if not folder.is_dir():
             raise InputError(f"{option} {path}: the folder {folder} does not exist.")
         if not os.access(folder, os.W_OK | os.X_OK):
