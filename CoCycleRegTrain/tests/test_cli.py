@@ -232,3 +232,24 @@ def test_resample_jacobian_and_evaluate_never_overwrite_their_inputs(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["afile", "labels.nii.gz", "moving.nrrd", "warp.h5", "warp.nii.gz"]
     )
+
+
+def test_a_summary_names_relative_inputs_by_absolute_paths_so_review_finds_them(
+    tmp_path, monkeypatch
+):
+    from cocyclereg.resources import demo_dir
+    from cocyclereg.review.results import pair_files
+
+    for name in ("fixed_t2.nii.gz", "moving_t1.nii.gz"):
+        (tmp_path / name).write_bytes((demo_dir() / name).read_bytes())
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    arguments = ["register", "--fixed", "fixed_t2.nii.gz", "--moving", "moving_t1.nii.gz"]
+    arguments += ["--transform", "results/t.h5", "--summary", "results/s.json", "--no-affine"]
+    assert main([*arguments, "--refine-steps", "1", "--fine-steps", "0"]) == 0
+    summary = json.loads((tmp_path / "results" / "s.json").read_text())
+    assert summary["fixed"] == str(tmp_path / "fixed_t2.nii.gz")
+    files = pair_files(tmp_path / "results", summary)
+    assert files.fixed == tmp_path / "fixed_t2.nii.gz"
+    assert files.moving == tmp_path / "moving_t1.nii.gz"
+    assert files.transform == tmp_path / "results" / "t.h5"

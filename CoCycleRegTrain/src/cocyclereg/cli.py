@@ -388,9 +388,9 @@ def add_register_options(command: argparse.ArgumentParser) -> None:
         type=_whole_number,
         metavar="N",
         help="Adam steps of instance optimisation on this pair (MIND-SSC similarity and "
-        "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: the "
-        "network's fields as they are; default: the model's recommendation (brain-t1t2: 20, "
-        "head-ct-mri: 0)",
+        "diffusion regulariser on the model grid, about 0.02 s each on two CPU cores); 0: none "
+        "there (the finer level still runs unless --fine-steps 0; both 0: the network's fields "
+        "as they are); default: the model's recommendation (brain-t1t2: 20, head-ct-mri: 0)",
     )
     command.add_argument(
         "--network",

@@ -103,14 +103,22 @@ def _similarity_summary(similarity: dict[str, float]) -> dict | None:
     }
 
 
+def _input_name(image) -> str:
+    """An input as the summary names it: a file as its absolute path (so the summary, wherever
+    it is read from, finds it: ``cocyclereg review``), an image in memory as itself."""
+    if isinstance(image, str | os.PathLike):
+        return str(Path(image).resolve())
+    return str(image)
+
+
 def registration_summary(result, fixed, moving, model) -> dict:
     """The JSON summary of a registration: inputs and the modality each was taken as, model,
     whether it worked (similarity before and after), folding, device, seconds, grids and
     the pre-alignment."""
     x, y = result.model.x_modality, result.model.y_modality
     return {
-        "fixed": str(fixed),
-        "moving": str(moving),
+        "fixed": _input_name(fixed),
+        "moving": _input_name(moving),
         "model": str(model),
         "modalities": {
             "moving": result.moving_modality,
