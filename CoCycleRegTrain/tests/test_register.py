@@ -474,3 +474,22 @@ def test_the_summary_explains_modalities_network_and_the_affine_it_reports():
     for point in ((0.0, 0.0, 0.0), (12.0, -7.0, 55.0)):
         mine = matrix @ (np.array(point) - center) + center + np.array(written["translation"])
         np.testing.assert_allclose(mine, affine.TransformPoint(point), atol=1e-12)
+
+
+def test_a_slice_or_thin_slab_is_refused_and_an_eight_slice_slab_registers():
+    from cocyclereg.resources import bundled_model, demo_dir
+
+    fixed = sitk.ReadImage(str(demo_dir() / "fixed_t2.nii.gz"))
+    moving = sitk.ReadImage(str(demo_dir() / "moving_t1.nii.gz"))
+    middle = fixed.GetSize()[2] // 2
+    for slices in (1, 7):
+        thin = fixed[:, :, middle : middle + slices]
+        with pytest.raises(InputError, match="at least 8 voxels along each axis"):
+            register(thin, moving, bundled_model(), device="cpu")
+        with pytest.raises(InputError, match="The moving image is"):
+            register(fixed, thin, bundled_model(), device="cpu")
+    # Eight slices pass the check and the rigid pre-alignment's pyramid (it smooths each axis).
+    slab = fixed[:, :, middle - 4 : middle + 4]
+    moving_slab = moving[:, :, middle - 6 : middle + 6]
+    result = register(slab, moving_slab, bundled_model(), device="cpu", refine_steps=2)
+    assert result.affine is not None and result.transform.GetSize() == slab.GetSize()

@@ -101,16 +101,24 @@ class RegistrationResult:
 
 
 AFFINE_SPACING_MM = 3.0
+# The thinnest input (voxels along any axis) a registration accepts.
+MINIMUM_VOXELS_PER_AXIS = 8
 
 
 def _affine_working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """``image`` as float32 with voxels of about ``spacing_mm``: block averages of an integer
-    number of voxels per axis (``spacing_mm / spacing`` rounded, at least 1; the average is the
-    anti-aliasing; same direction, origin moved to the first block's centre), intensities
-    clipped to the 0.5-99.5th percentiles of its non-zero voxels so a long bright tail (T2,
-    CT bone) does not starve the MI histogram."""
+    number of voxels per axis (``spacing_mm / spacing`` rounded, at least 1, at most what
+    leaves ``MINIMUM_VOXELS_PER_AXIS``; the average is the anti-aliasing; same direction,
+    origin moved to the first block's centre), intensities clipped to the 0.5-99.5th
+    percentiles of its non-zero voxels so a long bright tail (T2, CT bone) does not starve the
+    MI histogram."""
     image = sitk.Cast(image, sitk.sitkFloat32)
-    factors = [max(1, int(spacing_mm / s + 0.5)) for s in image.GetSpacing()]
+    # At most a factor that leaves MINIMUM_VOXELS_PER_AXIS voxels: the pyramid halves them
+    # again and ITK's Gaussian smoothing needs at least four along each axis.
+    factors = [
+        max(1, min(int(spacing_mm / s + 0.5), n // MINIMUM_VOXELS_PER_AXIS))
+        for s, n in zip(image.GetSpacing(), image.GetSize(), strict=True)
+    ]
     if any(f > 1 for f in factors):
         image = sitk.BinShrink(image, factors)
     values = sitk.GetArrayViewFromImage(image)
@@ -278,6 +286,12 @@ def _fine_level_for(refinement: Refinement, fixed: sitk.Image, grid: Grid) -> Re
 
 
 def _check_volume(image: sitk.Image, role: str) -> None:
+    if min(image.GetSize()) < MINIMUM_VOXELS_PER_AXIS:
+        raise InputError(
+            f"The {role} image is {'x'.join(map(str, image.GetSize()))} voxels: a 3D "
+            f"registration needs at least {MINIMUM_VOXELS_PER_AXIS} voxels along each axis "
+            "(a single slice or a thin slab has too little extent to register)."
+        )
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0 or float(array.max()) == float(array.min()):
         raise InputError(
