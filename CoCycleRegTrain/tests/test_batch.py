@@ -159,6 +159,21 @@ def test_a_bad_manifest_is_refused_by_line_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_manifest_that_is_not_utf8_text_is_refused_by_line(tmp_path, capsys):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_bytes(
+        "id,fixed,moving\ns1,a.nii.gz,b.nii.gz\ns2,Ren\u00e9/t2.nii.gz,t1.nii.gz\n".encode(
+            "latin-1"
+        )
+    )
+    with pytest.raises(InputError, match=r"line 3 is not UTF-8 text \(byte 0xe9\)"):
+        read_manifest(manifest)
+    manifest.write_bytes(b"id,fixed,moving\r\n" + bytes(range(256)))  # a binary file
+    assert main(["batch", "--manifest", str(manifest), "--output", str(tmp_path / "out")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_equals_register_records_bad_rows_and_skips_or_redoes_pairs(
     tmp_path, stroke_pair, one_thread
 ):

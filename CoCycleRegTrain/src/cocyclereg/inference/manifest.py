@@ -10,6 +10,7 @@ folder. ``id`` names the pair's output folder.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -55,10 +56,21 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
     if not path.is_file():
         raise InputError(f"Manifest not found: {path}")
     folder = path.resolve().parent
-    with path.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.reader(stream)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}: line {line} is not UTF-8 text (byte {data[error.start]:#04x}); save the "
+            'manifest as UTF-8 ("CSV UTF-8" in a spreadsheet program).'
+        ) from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
         header = [name.strip() for name in next(reader, [])]
         rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise InputError(f"{path} is not a readable CSV file: {error}") from None
     if not header:
         raise InputError(f"{path} is empty; it needs a header line: id,fixed,moving")
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
