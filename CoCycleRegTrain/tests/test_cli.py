@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import TEST_GRIDS, image_on, smooth_flow, smooth_volume
 
@@ -253,3 +254,20 @@ def test_a_summary_names_relative_inputs_by_absolute_paths_so_review_finds_them(
     assert files.fixed == tmp_path / "fixed_t2.nii.gz"
     assert files.moving == tmp_path / "moving_t1.nii.gz"
     assert files.transform == tmp_path / "results" / "t.h5"
+
+
+def test_export_refuses_numbers_its_refinement_cannot_use(tmp_path, capsys):
+    base = ["export", "--run", str(tmp_path), "--output", str(tmp_path / "m.cocyclereg")]
+    for option, value in (
+        ("--refine-learning-rate", "0"),
+        ("--refine-learning-rate", "nan"),
+        ("--refine-smoothness", "nan"),
+        ("--refine-smoothness", "-1"),
+        ("--fine-smoothness", "inf"),
+    ):
+        with pytest.raises(SystemExit) as exit_code:
+            main([*base, option, value])
+        assert exit_code.value.code == 2, (option, value)
+        error = capsys.readouterr().err
+        assert f"argument {option}: expected a number" in error and "Traceback" not in error
+    assert list(tmp_path.iterdir()) == []

@@ -286,6 +286,17 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _whole_number(text: str) -> int:
     """argparse type: an integer >= 0."""
     try:
@@ -674,13 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--refine-smoothness",
-        type=float,
+        type=_non_negative_number,
         default=Refinement.smoothness,
         help=f"weight of their diffusion regulariser (default {Refinement.smoothness:g})",
     )
     export.add_argument(
         "--refine-learning-rate",
-        type=float,
+        type=_positive_number,
         default=Refinement.learning_rate,
         help=f"their Adam learning rate, voxels per step (default {Refinement.learning_rate:g})",
     )
@@ -713,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--fine-smoothness",
-        type=float,
+        type=_non_negative_number,
         default=Refinement.fine_smoothness,
         help=f"weight of its diffusion regulariser (default {Refinement.fine_smoothness:g})",
     )
