@@ -77,3 +77,28 @@ def test_command_reads_field_images_and_writes_json(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_a_label_missing_from_one_side_is_named_and_the_json_stays_strict(tmp_path, capsys):
+    fixed = _box_labels()
+    moving_array = sitk.GetArrayFromImage(fixed)
+    moving_array[moving_array == 2] = 0  # label 2 lost on the moving side
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    sitk.WriteImage(image_on(GRID, moving_array), str(tmp_path / "moving.nii.gz"))
+    result = evaluate(fixed, image_on(GRID, moving_array), sitk.Transform(3, sitk.sitkIdentity))
+    assert result.dice[2] == 0 and result.missed_labels == [2]
+    assert result.mean_hd95 == pytest.approx(result.hd95[1])  # over the label that has one
+    assert result.as_dict()["hd95_mm"]["2"] is None
+    sitk.WriteTransform(sitk.Transform(3, sitk.sitkIdentity), str(tmp_path / "identity.tfm"))
+    arguments = ["evaluate", "--fixed-labels", str(tmp_path / "fixed.nii.gz")]
+    arguments += ["--moving-labels", str(tmp_path / "moving.nii.gz")]
+    arguments += ["--transform", str(tmp_path / "identity.tfm"), "--json", str(tmp_path / "e.json")]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "missed" in out and "HD95 undefined for label(s) 2" in out and "1 of 2 labels" in out
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    document = json.loads((tmp_path / "e.json").read_text(), parse_constant=strict)
+    assert document["hd95_mm"]["2"] is None and document["labels_without_hd95"] == [2]

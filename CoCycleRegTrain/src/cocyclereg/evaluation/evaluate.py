@@ -59,15 +59,24 @@ class Evaluation:
         return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
 
     @property
+    def missed_labels(self) -> list[int]:
+        """Labels without an HD95: absent from the fixed or the warped labelmap (Dice 0)."""
+        return [label for label, value in self.hd95.items() if not np.isfinite(value)]
+
+    @property
     def mean_hd95(self) -> float:
-        return float(np.nanmean(list(self.hd95.values()))) if self.hd95 else float("nan")
+        """Mean HD95 over the labels that have one (:attr:`missed_labels` say which do not)."""
+        values = [v for v in self.hd95.values() if np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
 
     def as_dict(self) -> dict:
+        """JSON-ready: an undefined HD95 (a missed label) is ``null``, never NaN."""
         return {
             "dice": {str(k): v for k, v in self.dice.items()},
-            "hd95_mm": {str(k): v for k, v in self.hd95.items()},
-            "mean_dice": self.mean_dice,
-            "mean_hd95_mm": self.mean_hd95,
+            "hd95_mm": {str(k): _finite(v) for k, v in self.hd95.items()},
+            "mean_dice": _finite(self.mean_dice),
+            "mean_hd95_mm": _finite(self.mean_hd95),
+            "labels_without_hd95": self.missed_labels,
             "folding": self.folding.as_dict(),
             "tre_mm": self.tre,
         }
@@ -75,9 +84,17 @@ class Evaluation:
     def table(self) -> str:
         lines = [f"{'label':>8s} {'Dice':>8s} {'HD95 mm':>9s}"]
         lines += [
-            f"{label:>8d} {self.dice[label]:8.4f} {self.hd95[label]:9.2f}" for label in self.dice
+            f"{label:>8d} {self.dice[label]:8.4f} "
+            + (f"{self.hd95[label]:9.2f}" if np.isfinite(self.hd95[label]) else f"{'missed':>9s}")
+            for label in self.dice
         ]
         lines.append(f"{'mean':>8s} {self.mean_dice:8.4f} {self.mean_hd95:9.2f}")
+        if self.missed_labels:
+            lines.append(
+                f"HD95 undefined for label(s) {', '.join(map(str, self.missed_labels))} (absent "
+                f"from one of the labelmaps): the mean HD95 is over the other "
+                f"{len(self.hd95) - len(self.missed_labels)} of {len(self.hd95)} labels"
+            )
         lines.append(
             f"J <= 0: {self.folding.folding_voxels} of {self.folding.total_voxels} voxels "
             f"({self.folding.folding_percent:.4f} %)"
@@ -85,6 +102,10 @@ class Evaluation:
         if self.tre:
             lines.append("TRE mm: " + ", ".join(f"{k} {v:.2f}" for k, v in self.tre.items()))
         return "\n".join(lines)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def evaluate(

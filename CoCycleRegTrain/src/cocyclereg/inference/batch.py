@@ -100,7 +100,7 @@ class PairResult:
     folding_voxels: int | None = None
     folding_percent: float | None = None
     dice: tuple[float, ...] = ()
-    hd95_mm: tuple[float, ...] = ()
+    hd95_mm: tuple[float | None, ...] = ()
     error: str = ""
 
     def as_row(self) -> dict[str, str]:
@@ -360,7 +360,7 @@ def _write_pair(task: PairTask, result, scores, started: float) -> PairResult:
         folding_voxels=result.folding.folding_voxels,
         folding_percent=result.folding.folding_percent,
         dice=tuple(s.mean_dice for s in scores),
-        hd95_mm=tuple(s.mean_hd95 for s in scores),
+        hd95_mm=tuple(s.as_dict()["mean_hd95_mm"] for s in scores),  # None: no label had one
     )
 
     def write_summary(path: Path) -> None:
