@@ -61,6 +61,10 @@ def test_bundled_models_are_listed_with_their_card_titles_and_a_missing_one_is_c
     assert resources.resolve_model("runs/model") == Path("runs/model")
     with pytest.raises(InputError, match="'typo' is not installed"):
         resources.resolve_model("typo")
+    # A folder named like a bundled model in the working folder does not hide the model.
+    (tmp_path / "work" / "other").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert resources.resolve_model("other") == tmp_path / "other.cocyclereg"
 
 
 def test_demo_pair_geometry_labels_and_size():

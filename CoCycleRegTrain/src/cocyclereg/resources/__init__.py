@@ -68,6 +68,6 @@ def resolve_model(value: str | Path | None) -> Path:
     if value is None:
         return bundled_model()
     path = Path(value)
-    if path.exists() or path.suffix == MODEL_SUFFIX or len(path.parts) > 1:
+    if path.is_file() or path.suffix == MODEL_SUFFIX or len(path.parts) > 1:
         return path
-    return bundled_model(str(value))
+    return bundled_model(str(value))  # a folder of that name in the working folder is not it
