@@ -271,3 +271,23 @@ def test_export_refuses_numbers_its_refinement_cannot_use(tmp_path, capsys):
         error = capsys.readouterr().err
         assert f"argument {option}: expected a number" in error and "Traceback" not in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_ends_a_command_with_a_line_and_code_130(tmp_path, monkeypatch, capsys):
+    import cocyclereg.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_jacobian", interrupted)
+    assert main(["jacobian", "--transform", str(tmp_path / "t.h5")]) == 130
+    error = capsys.readouterr().err
+    assert "cocyclereg jacobian: interrupted" in error and "Traceback" not in error
+
+
+def test_models_says_what_each_bundled_default_runs(capsys):
+    assert main(["models", "head-ct-mri", "brain-t1t2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "default:" in line]
+    assert "the network (mirror-averaged), its fields as they are (no refinement)" in lines[0]
+    assert "20 refinement steps from the pre-aligned images (network not run)" in lines[1]
+    assert "then 0 refinement steps" not in "".join(lines)

@@ -460,10 +460,11 @@ def _models(args: argparse.Namespace) -> int:
                 f"{refinement.steps} refinement steps from the pre-aligned images (network not run)"
             )
         else:
-            default = (
-                f"the network{' (mirror-averaged)' if refinement.mirror_average else ''}, "
-                f"then {refinement.steps} refinement steps"
-            )
+            default = f"the network{' (mirror-averaged)' if refinement.mirror_average else ''}"
+            if refinement.steps:
+                default += f", then {refinement.steps} refinement steps"
+            elif not refinement.has_fine_level:
+                default += ", its fields as they are (no refinement)"
         if refinement.has_fine_level:
             default += f", then {refinement.fine_steps} on {refinement.fine_spacing_mm:g} mm voxels"
         if refinement.mirror_average and not refinement.use_network:
@@ -500,12 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Register the bundled demo pair (the T1 MRI of a real patient, TCGA-DU-7294,\n"
         "deformed by a known warp, to the T2 MRI of the same head; 2 mm) with the bundled\n"
-        "brain-t1t2 model, exactly as `cocyclereg register` does (rigid pre-alignment and 20\n"
-        "steps of instance optimisation on the pair; the network is not run), then print Dice\n"
-        "and HD95 of"
-        " the tumour and tissue labels before and after, the folding count and the seconds\n"
-        "per stage. Writes the transforms, warped image and labels, Jacobian, summary.json and\n"
-        "demo.png (all together or none) to --output. Nothing is trained.\n\n"
+        "brain-t1t2 model, exactly as `cocyclereg register` does (rigid pre-alignment, then\n"
+        "instance optimisation on the pair: 20 steps on the model's 3 mm grid and 20 on 1.5 mm\n"
+        "voxels; the network is not run), then print Dice and HD95 of the tumour and tissue\n"
+        "labels before and after, the folding count and the seconds per stage. Writes the\n"
+        "transforms, warped image and labels, Jacobian, summary.json and demo.png (all\n"
+        "together or none) to --output. Nothing is trained.\n\n"
         "  cocyclereg demo --output cocyclereg-demo",
     )
     demonstration.add_argument(
@@ -745,6 +746,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CoCycleRegError as error:
         print(f"cocyclereg {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (outputs are written atomically)
+        print(f"cocyclereg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # Commands that leave no background writer behind (training's TensorBoard writer has threads):
