@@ -157,8 +157,9 @@ def read_displacement_field(path: str | os.PathLike) -> sitk.Image:
             transform = transform.GetNthTransform(0).Downcast()
         if not isinstance(transform, sitk.DisplacementFieldTransform):
             raise InputError(
-                f"{path} holds a {transform.GetName()}, not a single displacement-field transform; "
-                "convert it with transform_to_displacement_field."
+                f"{path} holds a {transform.GetName()}, not a single displacement-field "
+                "transform; in Python, cocyclereg.geometry.displacement."
+                "transform_to_displacement_field(transform, grid) converts one onto a grid."
             )
         return _check_field(transform.GetDisplacementField(), str(path))
     try:
