@@ -291,3 +291,19 @@ def test_models_says_what_each_bundled_default_runs(capsys):
     assert "the network (mirror-averaged), its fields as they are (no refinement)" in lines[0]
     assert "20 refinement steps from the pre-aligned images (network not run)" in lines[1]
     assert "then 0 refinement steps" not in "".join(lines)
+
+
+def test_two_labelmaps_of_one_file_name_are_both_recorded_for_review(tmp_path):
+    from cocyclereg.cli import _output_names, build_parser
+
+    arguments = ["register", "--fixed", "f.nii.gz", "--moving", "m.nii.gz"]
+    arguments += ["--transform", str(tmp_path / "t.h5")]
+    arguments += ["--labels", "a/tumor.nii.gz", "b/tumor.nii.gz", "c/tissue.nii.gz"]
+    warped = [tmp_path / name for name in ("w1.nii.gz", "w2.nii.gz", "w3.nii.gz")]
+    arguments += ["--warped-labels", *map(str, warped)]
+    record = _output_names(build_parser().parse_args(arguments))
+    assert record["warped_labels"] == {
+        "tumor": str(warped[0]),
+        "tumor-2": str(warped[1]),
+        "tissue": str(warped[2]),
+    }

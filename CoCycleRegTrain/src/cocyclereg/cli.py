@@ -143,9 +143,13 @@ def _output_names(args: argparse.Namespace) -> dict:
     names |= {"warped": args.warped, "jacobian": args.jacobian}
     record = {key: str(Path(path).resolve()) for key, path in names.items() if path}
     labels = zip(args.labels or [], args.warped_labels or [], strict=True)
-    record["warped_labels"] = {
-        label_name(Path(label)): str(Path(warped).resolve()) for label, warped in labels
-    }
+    warped_labels: dict[str, str] = {}
+    for label, warped in labels:
+        name, number = label_name(Path(label)), 1
+        while (key := name if number == 1 else f"{name}-{number}") in warped_labels:
+            number += 1  # two labelmaps of one file name in different folders: both kept
+        warped_labels[key] = str(Path(warped).resolve())
+    record["warped_labels"] = warped_labels
     return record
 
 
