@@ -298,9 +298,9 @@ def test_two_labelmaps_of_one_file_name_are_both_recorded_for_review(tmp_path):
 
     arguments = ["register", "--fixed", "f.nii.gz", "--moving", "m.nii.gz"]
     arguments += ["--transform", str(tmp_path / "t.h5")]
-    arguments += ["--labels", "a/tumor.nii.gz", "b/tumor.nii.gz", "c/tissue.nii.gz"]
     warped = [tmp_path / name for name in ("w1.nii.gz", "w2.nii.gz", "w3.nii.gz")]
-    arguments += ["--warped-labels", *map(str, warped)]
+    for label, output in zip(("a/tumor", "b/tumor", "c/tissue"), warped, strict=True):
+        arguments += ["--labels", f"{label}.nii.gz", "--warped-labels", str(output)]
     record = _output_names(build_parser().parse_args(arguments))
     assert record["warped_labels"] == {
         "tumor": str(warped[0]),
