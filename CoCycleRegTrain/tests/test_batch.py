@@ -23,7 +23,7 @@ from cocyclereg.cli import main
 from cocyclereg.errors import InputError
 from cocyclereg.evaluation.evaluate import evaluate
 from cocyclereg.geometry.displacement import displacement_transform, read_displacement_field
-from cocyclereg.inference.batch import RegistrationSettings
+from cocyclereg.inference.batch import RegistrationSettings, plan
 from cocyclereg.inference.manifest import Pair, read_manifest
 from cocyclereg.io import read_labels
 from cocyclereg.resources import demo_dir
@@ -388,6 +388,31 @@ def test_a_folder_that_is_not_an_earlier_result_is_never_replaced(tmp_path):
     with pytest.raises(InputError, match="not a pair folder"):
         _move_into_place(staging, subject)
     assert (subject / "notes.txt").is_file() and staging.is_dir()
+
+
+def test_spelling_out_the_models_recommendation_does_not_redo_a_pair(tmp_path):
+    from cocyclereg.model_file import read_model_info
+    from cocyclereg.resources import bundled_model
+
+    recommended = read_model_info(bundled_model()).refinement
+    output = tmp_path / "out"
+    pairs = [Pair("demo", DEMO / "fixed_t2.nii.gz", DEMO / "moving_t1.nii.gz")]
+    [first] = cocyclereg.register_many(pairs, output, RegistrationSettings(affine=False))
+    assert first.status == "registered"
+    spelt_out = RegistrationSettings(
+        affine=False,
+        refine_steps=recommended.steps,
+        network=recommended.use_network,
+        mirror_average=recommended.mirror_average,
+        fine_steps=recommended.fine_steps,
+        fine_spacing_mm=recommended.fine_spacing_mm,
+    )
+    [again] = cocyclereg.register_many(pairs, output, spelt_out)
+    assert again.status == "skipped"
+    # A value that differs from the recommendation is a different batch.
+    other = RegistrationSettings(affine=False, fine_steps=recommended.fine_steps + 1)
+    tasks, done = plan(pairs, output, other)
+    assert len(tasks) == 1 and not done
 
 
 def test_a_batch_that_cannot_start_leaves_the_results_table_as_it_was(tmp_path, capsys):

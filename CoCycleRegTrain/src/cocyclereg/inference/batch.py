@@ -161,11 +161,41 @@ def _sha256(path: Path) -> str:
 _ADDED_IN_0_5 = ("mirror_average",)
 
 
+# The settings whose ``None`` means the model file's recommendation, and where it records it.
+_RECOMMENDED = {
+    "refine_steps": "steps",
+    "network": "use_network",
+    "mirror_average": "mirror_average",
+    "fine_steps": "fine_steps",
+    "fine_spacing_mm": "fine_spacing_mm",
+}
+
+
+def _as_recommended(settings: RegistrationSettings, model: Path) -> RegistrationSettings:
+    """``settings`` with every value that equals the model's recommendation set to ``None``
+    (which means it): a batch rerun with the default spelt out is the same batch."""
+    from cocyclereg.model_file import read_model_info
+
+    try:
+        recommended = read_model_info(model).refinement
+    except CoCycleRegError:  # not a readable model: its pairs fail on their own
+        return settings
+    same = {
+        name: None
+        for name, field_name in _RECOMMENDED.items()
+        if getattr(settings, name) is not None
+        and getattr(settings, name) == getattr(recommended, field_name)
+    }
+    return replace(settings, **same)
+
+
 def settings_record(pair: Pair, settings: RegistrationSettings, model: Path) -> dict:
     """What a pair's outputs depend on, as recorded in its ``summary.json``: every input file
     (path, size, modification time), the model file (path, SHA-256), and every setting of
-    ``settings`` except the device (and ``mirror_average`` while ``None``). Equal records: the
-    outputs would be the same."""
+    ``settings`` except the device, each setting that equals the model's recommendation as
+    ``None`` (and ``mirror_average`` left out while ``None``). Equal records: the outputs would
+    be the same."""
+    settings = _as_recommended(settings, model) if model.is_file() else settings
     inputs = [pair.fixed, pair.moving, *pair.labels, *pair.fixed_labels]
     return {
         "fixed": str(pair.fixed),
