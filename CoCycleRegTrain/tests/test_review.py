@@ -415,6 +415,51 @@ def _set_opacity(page, key: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("headers", "loopback", "refused"),
+    [
+        ({"Host": "127.0.0.1:8080"}, True, None),
+        ({"Host": "localhost:8080", "Origin": "http://localhost:8080"}, True, None),
+        ({"Host": "[::1]:8080", "Origin": "http://[::1]:8080"}, True, None),
+        ({"Host": "127.0.0.1:8080", "Origin": "http://evil.example"}, True, "another origin"),
+        ({"Host": "evil.example:8080", "Origin": "http://evil.example:8080"}, True, "loopback"),
+        ({"Host": "10.0.0.5:8080", "Origin": "http://10.0.0.5:8080"}, False, None),
+        ({"Host": "10.0.0.5:8080", "Origin": "http://evil.example"}, False, "another origin"),
+    ],
+)
+def test_only_the_pages_own_origin_and_a_loopback_host_are_served(headers, loopback, refused):
+    from cocyclereg.review.command import request_refusal
+
+    reason = request_refusal(headers, loopback)
+    assert reason is None if refused is None else refused in reason
+
+
+def test_the_running_page_refuses_other_origins_over_http_and_websocket(demo_output):
+    _require("trame_slicer", "aiohttp")
+    import asyncio
+
+    import aiohttp
+
+    async def probe(url: str) -> list:
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for headers in ({}, {"Origin": "http://evil.example"}, {"Host": "evil.example"}):
+                async with session.get(url, headers=headers, allow_redirects=False) as reply:
+                    statuses.append(reply.status)
+            for origin in (url.rstrip("/"), "http://evil.example"):
+                try:
+                    async with session.ws_connect(f"{url}ws", headers={"Origin": origin}):
+                        statuses.append("connected")
+                except aiohttp.WSServerHandshakeError as error:
+                    statuses.append(error.status)
+        return statuses
+
+    with review_server(demo_output) as url:
+        statuses = asyncio.run(probe(url))
+    assert statuses[0] in (200, 302) and statuses[1:3] == [403, 403]
+    assert statuses[3:] == ["connected", 403]
+
+
 def test_page_of_the_demo_draws_the_views_the_jacobian_and_follows_the_opacity(
     demo_output, tmp_path
 ):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -83,6 +84,54 @@ def check_port_free(host: str, port: int) -> None:
             raise InputError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name to listen on) reaches this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
+
+
+def page_address(host: str, port: int) -> str:
+    """The page's URL (IPv6 addresses in brackets)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def request_refusal(headers: dict, loopback: bool) -> str | None:
+    """Why a request to the page is refused (``None``: served). The page streams patient
+    images and answers every WebSocket client, so a web page from another origin (which a
+    browser lets open a WebSocket to localhost) must not reach it: a request's ``Origin``, when
+    it has one, must be the page's own address (its ``Host``), and a page served on the
+    loopback address answers only to a loopback ``Host`` (a foreign domain resolving to
+    127.0.0.1, DNS rebinding, does not pass)."""
+    host = headers.get("Host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if loopback and not is_loopback(name):
+        return f"the page answers to its loopback address only, not to Host {host!r}"
+    origin = headers.get("Origin")
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"requests from another origin ({origin!r}) are refused"
+    return None
+
+
+def _guard(loopback: bool):
+    """aiohttp middleware applying :func:`request_refusal` to every request."""
+    from aiohttp import web
+
+    @web.middleware
+    async def guard(request, handler):
+        refusal = request_refusal(dict(request.headers), loopback)
+        if refusal is not None:
+            return web.Response(status=403, text=refusal + "\n")
+        return await handler(request)
+
+    return guard
+
+
 def run_review(args: argparse.Namespace) -> int:
     """Read the result folder, check the port, then serve the page until Ctrl-C."""
     from cocyclereg.review.results import read_result_folder
@@ -96,7 +145,15 @@ def run_review(args: argparse.Namespace) -> int:
             f'the review page needs trame-slicer ({error}): pip install "cocyclereg[review]"'
         ) from None
     app = ReviewApp(args.path.resolve(), pairs)
-    url = f"http://{args.host}:{args.port}/"
+    url = page_address(args.host, args.port)
+    loopback = is_loopback(args.host)
+    if not loopback:
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine on port "
+            f"{args.port} can open the page and see these images (it has no login)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def announce(**_) -> None:
         viewable = sum(pair.viewable for pair in pairs)
@@ -107,6 +164,10 @@ def run_review(args: argparse.Namespace) -> int:
         )
 
     app.server.controller.on_server_ready.add(announce)
+    # Before the server starts: every HTTP and WebSocket request passes the guard first.
+    app.server.controller.on_server_bind.add(
+        lambda web_server: web_server.app.middlewares.append(_guard(loopback))
+    )
     # trame reads its own options from sys.argv as well: give it none of ours.
     sys.argv = sys.argv[:1]
     app.server.start(
