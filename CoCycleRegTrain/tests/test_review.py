@@ -181,6 +181,33 @@ def test_register_records_its_outputs_for_review_under_any_names(tmp_path):
     assert pair.files.warped_labels == {"tumor": out / "tumour_in_t2.nii.gz"}
 
 
+def test_review_shows_only_the_files_a_summary_lists_and_a_copys_own_files(tmp_path):
+    import shutil
+
+    def register_into(out: Path, steps: str, jacobian: bool) -> None:
+        arguments = ["register", "--fixed", str(DEMO / "fixed_t2.nii.gz"), "--moving"]
+        arguments += [str(DEMO / "moving_t1.nii.gz"), "--refine-steps", steps, "--no-affine"]
+        arguments += ["--fine-steps", "0", "--transform", str(out / "t.h5")]
+        arguments += ["--summary", str(out / "summary.json")]
+        arguments += ["--jacobian", str(out / "jacobian.nii.gz")] if jacobian else []
+        assert main(arguments) == 0
+
+    out = tmp_path / "run"
+    out.mkdir()
+    register_into(out, "1", jacobian=True)
+    # A copy of the folder shows its own files, even after the original is registered again.
+    shutil.copytree(out, tmp_path / "copy")
+    register_into(out, "2", jacobian=True)
+    (pair,) = read_result_folder(tmp_path / "copy")
+    assert pair.files.transform == tmp_path / "copy" / "t.h5"
+    assert pair.files.jacobian == tmp_path / "copy" / "jacobian.nii.gz"
+    # A later registration into the same folder without --jacobian: the earlier run's
+    # jacobian.nii.gz is not this registration's and is not shown as if it were.
+    register_into(out, "1", jacobian=False)
+    (pair,) = read_result_folder(out)
+    assert pair.files.transform == out / "t.h5" and pair.files.jacobian is None
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -142,6 +142,8 @@ def _output_names(args: argparse.Namespace) -> dict:
     names = {"transform": args.transform, "inverse_transform": args.inverse_transform}
     names |= {"warped": args.warped, "jacobian": args.jacobian}
     record = {key: str(Path(path).resolve()) for key, path in names.items() if path}
+    if args.summary:  # where the summary was written: a copied result folder is recognised
+        record["folder"] = str(Path(args.summary).resolve().parent)
     labels = zip(args.labels or [], args.warped_labels or [], strict=True)
     warped_labels: dict[str, str] = {}
     for label, warped in labels:

@@ -61,15 +61,21 @@ class ReviewPair:
         return self.files is not None and self.files.fixed is not None
 
 
-def _existing(path: str | Path | None, folder: Path) -> Path | None:
-    """``path`` if that file exists, else the file of the same name in ``folder`` (a result
-    folder copied elsewhere), else ``None``."""
+def _existing(path: str | Path | None, folder: Path, written_in: Path | None = None) -> Path | None:
+    """The file ``path`` recorded by a summary now in ``folder``: where the summary was written
+    (``written_in``) is not ``folder``, the folder was copied or moved, and a recorded path
+    inside ``written_in`` is looked for at the same place under ``folder`` first (the copy's
+    own file, not the original's, which may have been overwritten since). Then ``path``
+    itself, then the file of the same name in ``folder``; ``None`` if none exists."""
     if not path:
         return None
     path = Path(path)
     if not path.is_absolute():
         path = folder / path
-    for candidate in (path, folder / path.name):
+    candidates = [path, folder / path.name]
+    if written_in is not None and written_in != folder and path.is_relative_to(written_in):
+        candidates.insert(0, folder / path.relative_to(written_in))
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     return None
@@ -90,21 +96,31 @@ def pair_files(folder: Path, summary: dict) -> PairFiles:
     ones the summary lists under ``outputs`` (``cocyclereg register``), else the names
     ``cocyclereg demo`` and ``batch`` write (``transform.h5``, ``warped_<moving
     modality>.nii.gz``, ``jacobian.nii.gz``, ``warped_<labels name>.nii.gz``)."""
-    outputs = summary.get("outputs") or {}
     modality = (summary.get("modalities") or {}).get("moving", "")
-    labels = outputs.get("warped_labels") or {
-        name: f"warped_{name}.nii.gz" for name in summary.get("labels") or {}
-    }
+    if "outputs" in summary:  # register: exactly the files it wrote; none other is its own
+        outputs = summary["outputs"] or {}
+        labels = outputs.get("warped_labels") or {}
+    else:  # demo and batch: their fixed names
+        outputs = {
+            "transform": "transform.h5",
+            "warped": f"warped_{modality}.nii.gz",
+            "jacobian": "jacobian.nii.gz",
+        }
+        labels = {name: f"warped_{name}.nii.gz" for name in summary.get("labels") or {}}
+    written_in = Path(outputs["folder"]) if outputs.get("folder") else None
+    folder = folder.resolve()
+
+    def find(path):
+        return _existing(path, folder, written_in)
+
     return PairFiles(
-        fixed=_existing(summary.get("fixed"), folder) if summary.get("fixed") else None,
+        fixed=find(summary.get("fixed")) if summary.get("fixed") else None,
         moving=Path(summary["moving"]) if Path(summary.get("moving", "")).is_file() else None,
-        transform=_existing(outputs.get("transform", "transform.h5"), folder),
-        warped=_existing(outputs.get("warped", f"warped_{modality}.nii.gz"), folder),
-        jacobian=_existing(outputs.get("jacobian", "jacobian.nii.gz"), folder),
+        transform=find(outputs.get("transform")),
+        warped=find(outputs.get("warped")),
+        jacobian=find(outputs.get("jacobian")),
         warped_labels={
-            name: found
-            for name, path in labels.items()
-            if (found := _existing(path, folder)) is not None
+            name: found for name, path in labels.items() if (found := find(path)) is not None
         },
     )
 
