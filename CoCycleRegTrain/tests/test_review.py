@@ -208,6 +208,32 @@ def test_review_shows_only_the_files_a_summary_lists_and_a_copys_own_files(tmp_p
     assert pair.files.transform == out / "t.h5" and pair.files.jacobian is None
 
 
+def test_a_damaged_batch_table_is_refused_by_line_and_a_damaged_summary_fails_its_pair(
+    batch_output, tmp_path
+):
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(batch_output, copy)
+    table = (copy / "results.csv").read_text(encoding="utf-8")
+    (copy / "oblique" / "summary.json").write_text("{damaged", encoding="utf-8")
+    pairs = {pair.id: pair for pair in read_result_folder(copy)}
+    assert pairs["oblique"].status == "failed" and "summary" in pairs["oblique"].error
+    assert pairs["plain"].viewable  # the other pairs are still shown
+    lines = table.splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("folding_voxels")] = "30.5"
+    (copy / "results.csv").write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    with pytest.raises(InputError, match="line 2: not a number"):
+        read_result_folder(copy)
+    row[header.index("folding_voxels")] = ""
+    row[header.index("id")] = ".."
+    (copy / "results.csv").write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    with pytest.raises(InputError, match=r"line 2: '\.\.' is not a pair id"):
+        read_result_folder(copy)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -163,19 +163,30 @@ def _batch(folder: Path) -> list[ReviewPair]:
     if rows and not {"id", "status"} <= set(rows[0]):
         raise InputError(f"{path} is not a cocyclereg batch results table (no id/status columns)")
     pairs = []
-    for row in rows:
-        pair_folder = folder / row["id"]
-        files = None
-        if row["status"] in ("registered", "skipped") and (pair_folder / SUMMARY_NAME).is_file():
-            files = pair_files(pair_folder, _read_summary(pair_folder / SUMMARY_NAME))
+    for line, row in enumerate(rows, start=2):
+        pair_id, status = row.get("id") or "", row.get("status") or "pending"
+        if not pair_id or Path(pair_id).name != pair_id or pair_id in (".", ".."):
+            raise InputError(f"{path}, line {line}: {pair_id!r} is not a pair id (a folder name)")
+        pair_folder, files, error = folder / pair_id, None, row.get("error") or ""
+        try:
+            folding_voxels = _number(row.get("folding_voxels") or "", int)
+            folding_percent = _number(row.get("folding_percent") or "")
+            dice = tuple(float(v) for v in (row.get("dice") or "").split(";") if v.strip())
+        except ValueError as bad:
+            raise InputError(f"{path}, line {line}: not a number ({bad})") from None
+        if status in ("registered", "skipped") and (pair_folder / SUMMARY_NAME).is_file():
+            try:
+                files = pair_files(pair_folder, _read_summary(pair_folder / SUMMARY_NAME))
+            except InputError as unreadable:  # that pair only; the others are still shown
+                status, error = "failed", str(unreadable)
         pairs.append(
             ReviewPair(
-                id=row["id"],
-                status=row["status"],
-                folding_voxels=_number(row.get("folding_voxels") or "", int),
-                folding_percent=_number(row.get("folding_percent") or ""),
-                dice=tuple(float(v) for v in (row.get("dice") or "").split(";") if v.strip()),
-                error=row.get("error") or "",
+                id=pair_id,
+                status=status,
+                folding_voxels=folding_voxels,
+                folding_percent=folding_percent,
+                dice=dice,
+                error=error,
                 files=files,
             )
         )
