@@ -132,12 +132,15 @@ class ReviewApp(TrameApp):
             return
         notes = []
         if self.nodes.moving_is_warped:
+            missing = "transform file" if self.nodes.transform is None else "moving image"
             notes.append(
-                "the moving image recorded in the summary was not found: showing the package's "
+                f"the {missing} recorded in the summary was not found: showing the package's "
                 "warped image instead of the moving image under its transform"
             )
-        if self.nodes.transform is None:
+        elif self.nodes.transform is None:
             notes.append("no transform file")
+        if self.nodes.jacobian is None:
+            notes.append("no Jacobian file")
         self.state.message = f"{pair.id}: " + "; ".join(notes) if notes else ""
         labelmaps = list(self.nodes.labels)
         self.state.update(
