@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -196,11 +197,85 @@ def test_an_existing_run_is_never_overwritten(pair_csv, tmp_path):
     with pytest.raises(CoCycleRegError, match="--resume"):
         Trainer(config)
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
-    changed = load_config(
-        preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=2", "loss.smooth=3.0")
+    # A resume may run longer; a change of what the state means is refused, naming it, and
+    # the run's config.yaml stays as it was.
+    recorded = (run / "config.yaml").read_bytes()
+    for override, named in (
+        ("loss.smooth=3.0", "loss.smooth (1.0 -> 3.0)"),
+        ("train.seed=7", "train.seed (0 -> 7)"),
+        ("optim.weight_decay=0.5", "optim.weight_decay"),
+    ):
+        changed = load_config(
+            preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=2", override)
+        )
+        with pytest.raises(CoCycleRegError, match=re.escape(named)):
+            Trainer(changed, resume=True)
+        assert (run / "config.yaml").read_bytes() == recorded
+    longer = load_config(preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=2"))
+    assert Trainer(longer, resume=True).step == 1
+    # A checkpoint saved before a setting existed resumes with that setting at its default.
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    older = json.loads(state["config"])
+    del older["loss"]["deformation_final_fraction"]
+    state["config"] = json.dumps(older)
+    torch.save(state, run / "checkpoints" / "last.pt")
+    assert Trainer(longer, resume=True).step == 1
+    # A damaged checkpoint: a message, not torch's advice to load it unsafely.
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CoCycleRegError, match="is not a readable cocyclereg checkpoint"):
+        Trainer(longer, resume=True)
+
+
+def test_a_new_run_never_mixes_with_an_earlier_runs_files(pair_csv, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"an interrupted run's best")
+    config = load_config(preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=1"))
+    with pytest.raises(CoCycleRegError, match=r"files of an earlier run \(checkpoints/best.pt\)"):
+        Trainer(config)
+    assert not (run / "config.yaml").exists()
+
+
+def test_a_line_cut_short_by_a_stop_does_not_block_the_resume(pair_csv, tmp_path):
+    run = tmp_path / "run"
+    config = load_config(preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=1"))
+    train(config)
+    with (run / "losses.jsonl").open("a") as stream:
+        stream.write('{"step": 2, "total"')  # killed while writing
+    longer = load_config(preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=2"))
+    Trainer(longer, resume=True)
+    assert [record["step"] for record in _losses(run)] == [1]
+
+
+def test_export_refuses_a_translators_run_and_an_output_among_the_checkpoints(
+    pair_csv, tmp_path, capsys
+):
+    from cocyclereg.cli import main
+
+    run = tmp_path / "run"
+    config = load_config(preset="cpu-small", overrides=_settings(pair_csv, run, "train.steps=1"))
+    train(config)
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert main(["export", "--run", str(run), "--output", str(last)]) == 2
+    assert "inside the run's checkpoints folder" in capsys.readouterr().err
+    assert last.read_bytes() == before
+    translators = tmp_path / "translators"
+    config = load_config(
+        preset="cpu-small",
+        overrides=_settings(
+            pair_csv,
+            translators,
+            "train.steps=1",
+            "loss.mode=translation",
+            "data.augmentation.elastic=false",
+        ),
     )
-    with pytest.raises(CoCycleRegError, match="loss settings differ"):
-        Trainer(changed, resume=True)
+    train(config)
+    output = tmp_path / "t.cocyclereg"
+    assert main(["export", "--run", str(translators), "--output", str(output)]) == 1
+    assert "trained the translators alone" in capsys.readouterr().err
+    assert not output.exists()
 
 
 @pytest.mark.slow
@@ -603,7 +678,8 @@ def test_the_average_of_rs_weights_is_validated_kept_resumed_and_exported(pair_c
     without = [s for s in settings[2:] if not s.startswith("optim.registration_average")]
     plain = _settings(pair_csv, tmp_path / "plain", *without, "train.steps=2")
     train(load_config(preset="cpu-small", overrides=plain))
-    with pytest.raises(CoCycleRegError, match="without the average"):
+    refused = re.escape(f"optim.registration_average (0.0 -> {decay})")
+    with pytest.raises(CoCycleRegError, match=refused):
         Trainer(
             load_config(
                 preset="cpu-small", overrides=[*plain, f"optim.registration_average={decay}"]

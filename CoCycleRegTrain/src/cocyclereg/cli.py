@@ -13,7 +13,7 @@ from pathlib import Path
 from cocyclereg import __version__
 from cocyclereg.batch_cli import add_batch_command
 from cocyclereg.config import Refinement
-from cocyclereg.errors import CoCycleRegError
+from cocyclereg.errors import CoCycleRegError, InputError
 from cocyclereg.geometry.displacement import displacement_transform, read_displacement_field
 from cocyclereg.geometry.grid import Grid
 from cocyclereg.geometry.jacobian import folding_stats, jacobian_determinant
@@ -156,7 +156,6 @@ def _output_names(args: argparse.Namespace) -> dict:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from cocyclereg.errors import InputError
     from cocyclereg.inference.outputs import check_output_paths
     from cocyclereg.resources import resolve_model
 
@@ -266,6 +265,10 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cocyclereg.learning.training import export_checkpoint
 
+    _check_outputs([("--output", "model", args.output)], [])
+    if args.output.resolve().is_relative_to((args.run / "checkpoints").resolve()):
+        raise InputError(f"--output {args.output} is inside the run's checkpoints folder")
+
     refinement = Refinement(
         args.refine_steps,
         args.refine_smoothness,
@@ -276,7 +279,10 @@ def _export(args: argparse.Namespace) -> int:
         fine_steps=args.fine_steps,
         fine_smoothness=args.fine_smoothness,
     )
-    path = export_checkpoint(args.run, args.output, args.name, args.intended_use, refinement)
+    try:
+        path = export_checkpoint(args.run, args.output, args.name, args.intended_use, refinement)
+    except ValueError as error:  # the model description refuses the settings (mirror on an
+        raise InputError(str(error)) from None  # image-grid model)
     print(f"model written to {path}")
     return 0
 

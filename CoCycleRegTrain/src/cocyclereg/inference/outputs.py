@@ -25,6 +25,7 @@ OUTPUT_SUFFIXES = {
     "transform": TRANSFORM_FILE_SUFFIXES + FIELD_IMAGE_SUFFIXES,
     "image": WRITABLE_VOLUME_SUFFIXES,
     "json": None,  # any name
+    "model": None,  # any name (.cocyclereg by convention)
 }
 
 

@@ -167,6 +167,7 @@ class Trainer:
             self.registration_average.requires_grad_(False)
         if resume:
             self._load_checkpoint(self.checkpoints / "last.pt")
+        self._write_config()
         self.writer = None
 
     def _initialise_registration(self, path: Path) -> None:
@@ -217,6 +218,25 @@ class Trainer:
                 f"{self.output} already holds a training run; pass --resume to continue it or "
                 "choose another train.output"
             )
+        leftovers = [
+            path.relative_to(self.output).as_posix()
+            for path in (
+                self.checkpoints / "best.pt",
+                self.output / "losses.jsonl",
+                self.output / "validation.jsonl",
+                self.output / "model.cocyclereg",
+            )
+            if path.exists()
+        ]
+        if not resume and leftovers:
+            raise CoCycleRegError(
+                f"{self.output} holds files of an earlier run ({', '.join(leftovers)}) that a new "
+                "run would mix with its own; choose another train.output or remove them"
+            )
+
+    def _write_config(self) -> None:
+        """``config.yaml``: the settings this run (or resumed run) trains with; written once
+        they are accepted, so a refused ``--resume`` leaves the run's record as it was."""
         if self.is_main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             with atomic_output(self.output / "config.yaml") as temporary:
@@ -230,9 +250,14 @@ class Trainer:
         path = self.output / name
         if not path.exists():
             return
-        kept = [
-            line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step
-        ]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):  # a line cut short by a stop
+                continue
+            if step <= last_step:
+                kept.append(line)
         with atomic_output(path) as temporary:
             temporary.write_text("".join(line + "\n" for line in kept))
 
@@ -259,16 +284,25 @@ class Trainer:
             torch.save(state, temporary)
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CoCycleRegError(f"{path} is not a checkpoint of this cocyclereg version")
-        saved = json.loads(state["config"])
-        current = self.config.to_dict()
-        for section in ("model", "loss", "data"):
-            if _plain(saved[section]) != _plain(current[section]):
-                raise CoCycleRegError(
-                    f"cannot resume: the {section} settings differ from those in {path}"
-                )
+        state = read_checkpoint(path, self.device)
+        try:  # through the current defaults: a setting added since keeps its default
+            saved = config_from_dict(json.loads(state["config"])).to_dict()
+        except (ConfigError, ValueError, KeyError) as error:
+            raise CoCycleRegError(
+                f"{path} holds settings this version cannot read: {error}"
+            ) from None
+        saved, current = _flat(_plain(saved)), _flat(_plain(self.config.to_dict()))
+        changed = [
+            key
+            for key in sorted(current)
+            if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]
+        ]
+        if changed:
+            differences = ", ".join(f"{k} ({saved.get(k)!r} -> {current[k]!r})" for k in changed)
+            raise CoCycleRegError(
+                f"cannot resume: {differences} differ from {path}; a resumed run may change only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))}: start a new train.output for the rest"
+            )
         self.networks.load_state_dict(state["networks"])
         self.optimizer_r.load_state_dict(state["optimizer_r"])
         if self.translation:
@@ -748,9 +782,15 @@ def export_checkpoint(
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
         raise CoCycleRegError(f"{run} is not a training run folder: {last} is missing")
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    state = read_checkpoint(last)
     saved = json.loads(state["config"])
     config = config_from_dict(saved)
+    if config.loss.mode == "translation":
+        raise CoCycleRegError(
+            f"{run} trained the translators alone (loss.mode=translation): it has no "
+            "registration network to export; its checkpoints start a cocycle run "
+            "(train.init_translation)"
+        )
     registration = CoCycleNetworks(config).registration
     prefix = "registration."
     registration.load_state_dict(
@@ -790,6 +830,50 @@ def training_intensity(config: Config) -> dict[str, Any]:
         return {}
     images = {side: list(dict.fromkeys(str(getattr(c, side)) for c in cases)) for side in "xy"}
     return intensity_section({"x": data.x_modality, "y": data.y_modality}, images)
+
+
+# What a resumed run may change: how long it runs, where and how often it writes, and the
+# machine it runs on. Everything else decides what the checkpoint's state means.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.steps",
+        "train.output",
+        "train.device",
+        "train.num_threads",
+        "train.validate_every",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.image_every",
+        "train.mixed_precision",
+        "train.activation_checkpointing",
+        "train.init_registration",  # used at a run's start only
+        "train.init_translation",
+    }
+)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents (tensors and plain data only: never code), or a
+    :class:`CoCycleRegError` saying the file is not a readable checkpoint of this version."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # damaged, foreign or a pickle with code: not ours
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CoCycleRegError(f"{path} is not a readable cocyclereg checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CoCycleRegError(f"{path} is not a checkpoint of this cocyclereg version")
+    return state
 
 
 def _plain(value: Any) -> Any:
