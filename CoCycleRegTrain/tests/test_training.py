@@ -800,3 +800,26 @@ def test_translators_train_alone_on_aligned_pairs_and_start_a_cocycle_run(pair_c
             )
             for key, value in getattr(cocycle.networks, name).state_dict().items():
                 assert torch.equal(value, expected[key]), (source.name, name, key)
+
+
+def test_a_diverging_run_stops_with_a_message_and_bad_numbers_are_refused(pair_csv, tmp_path):
+    config = load_config(
+        preset="cpu-small",
+        overrides=_settings(pair_csv, tmp_path / "run", "train.steps=2"),
+    )
+    trainer = Trainer(config)
+    # Force a non-finite loss: a NaN weight in R's head.
+    with torch.no_grad():
+        trainer.networks.registration.head_x2y.bias.fill_(float("nan"))
+    with pytest.raises(CoCycleRegError, match="training diverged at step 1: the loss is nan"):
+        trainer.run()
+    assert not (tmp_path / "run" / "model.cocyclereg").exists()
+    for override, message in (
+        ("train.checkpoint_every=0", "train.checkpoint_every must be at least 1"),
+        ("optim.registration_lr=-1", "optim.registration_lr must be a finite number > 0"),
+        ("optim.lr=nan", "optim.lr must be a finite number > 0"),
+        ("data.spacing=[.inf,6,6]", "data.spacing must be finite"),
+        ("loss.smooth=nan", "loss.smooth must be a finite number >= 0"),
+    ):
+        with pytest.raises(CoCycleRegError, match=re.escape(message)):
+            load_config(preset="cpu-small", overrides=[override])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,6 +643,19 @@ def validate(config: Config) -> None:
         raise ConfigError("data.synthetic_repeats must be at least 1")
     if config.data.synthetic_shapes < 0:
         raise ConfigError("data.synthetic_shapes must not be negative")
+    for name in ("validate_every", "checkpoint_every", "log_every", "image_every", "steps"):
+        if getattr(config.train, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1")
+    for name in ("lr", "registration_lr"):
+        value = getattr(config.optim, name)
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"optim.{name} must be a finite number > 0, got {value!r}")
+    if not all(0 < s < math.inf for s in config.data.spacing):
+        raise ConfigError(f"data.spacing must be finite and > 0 mm, got {config.data.spacing!r}")
+    weights = {k: v for k, v in dataclasses.asdict(config.loss).items() if isinstance(v, float)}
+    for name, value in weights.items():
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"loss.{name} must be a finite number >= 0, got {value!r}")
     if not 0 <= config.optim.final_lr_fraction <= 1:
         raise ConfigError("optim.final_lr_fraction must be in [0, 1]")
     if not 0 <= config.loss.deformation_final_fraction <= 1:

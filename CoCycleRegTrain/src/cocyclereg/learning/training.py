@@ -629,6 +629,14 @@ class Trainer:
             while self.step < train.steps:
                 batch = self.batch_for_step(self.step)
                 record = self.train_step(batch)
+                if not math.isfinite(record["total"]):
+                    terms = ", ".join(f"{k} {v:.4g}" for k, v in record.items())
+                    raise CoCycleRegError(
+                        f"training diverged at step {self.step + 1}: the loss is "
+                        f"{record['total']} ({terms}); nothing of this step was kept (the "
+                        f"last checkpoint is {self.checkpoints / 'last.pt'}): lower the learning "
+                        "rates or check the loss weights"
+                    )
                 self.step += 1
                 progress.update(1)
                 progress.set_postfix(
