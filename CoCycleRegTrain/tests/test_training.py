@@ -823,3 +823,14 @@ def test_a_diverging_run_stops_with_a_message_and_bad_numbers_are_refused(pair_c
     ):
         with pytest.raises(CoCycleRegError, match=re.escape(message)):
             load_config(preset="cpu-small", overrides=[override])
+
+
+def test_an_export_that_cannot_read_the_training_list_says_what_the_model_lacks(capsys):
+    from cocyclereg.learning.training import training_intensity
+
+    config = load_config(preset="cpu-small", overrides=["data.train=runs/data/absent.csv"])
+    assert training_intensity(config) == {}
+    assert "no intensity section" in capsys.readouterr().err
+    synthetic_only = load_config(preset="cpu-small", overrides=["data.synthetic=labels.csv"])
+    assert training_intensity(synthetic_only) == {}
+    assert capsys.readouterr().err == ""

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -834,7 +835,15 @@ def training_intensity(config: Config) -> dict[str, Any]:
     data = config.data
     try:
         cases = load_cases(data.train, data)
-    except CoCycleRegError:
+    except CoCycleRegError as error:
+        if data.train:  # a list that trained the model but cannot be read from here
+            print(
+                f"warning: the model file gets no intensity section: data.train cannot be read "
+                f"from {Path.cwd()} ({error}); `register` then cannot compare its inputs' "
+                "intensities with the training images'. Export from the folder the run was "
+                "started in (its case list paths are relative to it).",
+                file=sys.stderr,
+            )
         return {}
     images = {side: list(dict.fromkeys(str(getattr(c, side)) for c in cases)) for side in "xy"}
     return intensity_section({"x": data.x_modality, "y": data.y_modality}, images)
