@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cocyclereg.errors import CoCycleRegError, GeometryError, InputError
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 
 __all__ = ["CoCycleRegError", "GeometryError", "InputError", "__version__", "register_many"]
 
