@@ -175,7 +175,7 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         parameterNode = self.logic.getParameterNode()
         if not parameterNode.fixedVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            first = mrml.first_registrable_volume(slicer.mrmlScene)  # not a labelmap
             if first:
                 parameterNode.fixedVolume = first
         if not chosen_path(parameterNode.modelPath) and self._cards:

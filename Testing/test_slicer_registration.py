@@ -315,3 +315,24 @@ def test_refine_off_with_the_network_off_is_refused_before_it_runs(case, model_f
     assert "Neither the network nor the refinement" in reasons[(False, False)]
     assert all(reason is None for key, reason in reasons.items() if key != (False, False))
     scene.Clear(1)
+
+
+def test_only_a_plain_scalar_volume_is_taken_as_an_input(case):
+    """A labelmap or a vector volume is a scalar-volume subclass that the selectors do not
+    list: it is never the default fixed volume, and Apply says why it cannot be an input."""
+    scene = slicer.vtkMRMLScene()
+    labels = mrml.load_volume(scene, case["moving_labels"], "labels", labelmap=True)
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 4, 4)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    vector.SetAndObserveImageData(image)
+    assert mrml.first_registrable_volume(scene) is None
+    fixed = mrml.load_volume(scene, case["fixed"], "fixed T2")
+    assert mrml.first_registrable_volume(scene) is fixed
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is labels  # what it used
+    for node, expected in ((labels, "vtkMRMLLabelMapVolumeNode"), (vector, "vtkMRMLVector")):
+        with pytest.raises(mrml.SceneError, match=expected):
+            mrml.check_volume_input(node, "moving")
+    mrml.check_volume_input(fixed, "fixed")
+    scene.Clear(1)

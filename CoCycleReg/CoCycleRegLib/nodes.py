@@ -39,12 +39,40 @@ def _storage_node_for(node, path: str):
     return storage
 
 
+def is_registrable_volume(node) -> bool:
+    """A plain scalar volume: not one of its subclasses (labelmap, vector/RGB, diffusion),
+    which the volume selectors do not list and the registration cannot take."""
+    return node is not None and node.GetClassName() == "vtkMRMLScalarVolumeNode"
+
+
+def first_registrable_volume(scene):
+    """The scene's first plain scalar volume (the default fixed volume), or None."""
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        if is_registrable_volume(node):
+            return node
+    return None
+
+
 def check_volume_input(node, role: str) -> None:
-    """Refuse volumes that would be exported wrongly: empty, or placed under a transform."""
+    """Refuse volumes that would be exported wrongly: empty, not a plain scalar volume
+    (labelmap, vector, diffusion), multi-component, or placed under a transform."""
     if node is None:
         raise SceneError(f"Select the {role} volume.")
+    if not is_registrable_volume(node):
+        raise SceneError(
+            f"The {role} volume '{node.GetName()}' is a {node.GetClassName()}, not a scalar "
+            "image volume: choose an MRI or CT volume."
+        )
     if node.GetImageData() is None or node.GetImageData().GetNumberOfPoints() == 0:
         raise SceneError(f"The {role} volume '{node.GetName()}' has no image data.")
+    if node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise SceneError(
+            f"The {role} volume '{node.GetName()}' has "
+            f"{node.GetImageData().GetNumberOfScalarComponents()} components per voxel: "
+            "registration needs a single-component (grey-scale) volume."
+        )
     if node.GetParentTransformNode() is not None:
         raise SceneError(
             f"The {role} volume '{node.GetName()}' is under the transform "
