@@ -316,12 +316,19 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self._state.install_started(_("Checking PyTorch and the cocyclereg package…")):
             return  # an install is under way (Slicer keeps processing clicks during it)
-        request = self.currentRequest()
         self._checkCanApply()
         try:
             with slicer.util.tryWithErrorDisplay(_("CoCycleReg could not start."), waitCursor=True):
                 self.logic.ensureDependencies(status=self.setInstallStatus)
                 self._state.install_finished()
+                # Read after the install: Slicer kept processing events during it, and the
+                # user may have changed the choices or closed the scene meanwhile.
+                if self._parameterNode is None:
+                    raise RuntimeError(_("The scene was closed; choose the volumes again."))
+                request = self.currentRequest()
+                reason = check_request(request)
+                if reason is not None:
+                    raise RuntimeError(reason)
                 self.ui.logTextEdit.clear()
                 self._run = self.logic.start(request)
                 self._state.run_started()

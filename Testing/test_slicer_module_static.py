@@ -261,3 +261,23 @@ def test_an_older_installed_package_is_updated_from_the_bundled_one():
     assert dependencies.bundled_version(package) == cocyclereg.__version__
     assert dependencies.package_is_installed(dependencies.bundled_version(package))
     assert not dependencies.package_is_installed("0.0.1")  # an older install: reinstall
+
+
+def test_apply_reads_the_request_after_the_install_and_checks_it_again():
+    """The install step keeps Slicer's event loop running (the user may change the choices or
+    close the scene meanwhile): Apply must read the request after it, and check it again."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    apply = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "onApplyButton"
+    )
+    calls = [ast.unparse(node.func) for node in ast.walk(apply) if isinstance(node, ast.Call)]
+    lines = {
+        ast.unparse(node.func): node.lineno
+        for node in ast.walk(apply)
+        if isinstance(node, ast.Call)
+    }
+    assert "self.currentRequest" in calls and "check_request" in calls
+    install = lines["self.logic.ensureDependencies"]
+    assert lines["self.currentRequest"] > install and lines["check_request"] > install
