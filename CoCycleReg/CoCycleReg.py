@@ -148,6 +148,7 @@ class CoCycleRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.cancelRun()
+        self.setParameterNode(None)  # disconnects the GUI (a Reload builds a new one)
         self.removeObservers()
 
     def enter(self) -> None:

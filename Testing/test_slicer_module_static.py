@@ -281,3 +281,17 @@ def test_apply_reads_the_request_after_the_install_and_checks_it_again():
     assert "self.currentRequest" in calls and "check_request" in calls
     install = lines["self.logic.ensureDependencies"]
     assert lines["self.currentRequest"] > install and lines["check_request"] > install
+
+
+def test_cleanup_disconnects_the_parameter_node_from_the_gui():
+    """Slicer's Reload calls only ``cleanup()``: without this the old widgets' connectors stay
+    attached to the parameter node (Slicer 5.10 Base/Python/slicer/util.py,
+    reloadScriptedModule; parameterNodeWrapper's connectGui)."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    cleanup = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "cleanup"
+    )
+    calls = [ast.unparse(node) for node in ast.walk(cleanup) if isinstance(node, ast.Call)]
+    assert "self.setParameterNode(None)" in calls

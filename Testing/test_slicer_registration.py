@@ -336,3 +336,21 @@ def test_only_a_plain_scalar_volume_is_taken_as_an_input(case):
             mrml.check_volume_input(node, "moving")
     mrml.check_volume_input(fixed, "fixed")
     scene.Clear(1)
+
+
+def test_the_process_output_reaches_the_log_as_written_whatever_the_system_encoding(tmp_path):
+    """The module decodes the process's output as UTF-8; the process must write UTF-8 even
+    where the system's encoding is another (a Windows code page, here forced to Latin-1)."""
+    import os
+    import sys
+
+    from CoCycleRegLib.pipeline import process_environment
+
+    name = "Ségolène_脑"
+    request = RegistrationRequest(None, None, "model.cocyclereg", cpu_only=True)
+    environment = process_environment(request, {**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert environment["CUDA_VISIBLE_DEVICES"] == "-1"
+    command = [sys.executable, "-c", f"print({name!r})"]
+    process = RegistrationProcess(command, env=environment, workdir=tmp_path / "w").start()
+    assert process.wait(60) == 0
+    assert name in process.poll()

@@ -172,11 +172,14 @@ def register_command(
 
 
 def process_environment(request: RegistrationRequest, base: dict | None = None) -> dict:
-    """The environment of the process: CPU-only hides every GPU from torch."""
+    """The environment of the process: CPU-only hides every GPU from torch; its output is
+    UTF-8 whatever the system's code page (the module decodes it as UTF-8: a Windows console
+    encoding would garble non-ASCII paths and names in the log)."""
     environment = dict(os.environ if base is None else base)
     if request.cpu_only:
         environment["CUDA_VISIBLE_DEVICES"] = "-1"
     environment.setdefault("PYTHONUNBUFFERED", "1")
+    environment["PYTHONIOENCODING"] = "utf-8"
     return environment
 
 
