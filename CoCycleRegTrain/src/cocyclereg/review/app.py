@@ -174,6 +174,13 @@ class ReviewApp(TrameApp):
             f"J ranges {values.min():.3f} .. {values.max():.3f}"
         )
 
+    @change("overlay")
+    def _on_overlay(self, overlay, **_):
+        """Flickering swaps the moving image's opacity: it stops when another overlay is
+        shown (its switch is hidden there)."""
+        if overlay != "moving" and self.state.flicker:
+            self.state.flicker = False
+
     @change("overlay", "opacity", "labelmap", "grid")
     def _show_layers(self, **_):
         nodes = self.nodes
