@@ -115,16 +115,7 @@ def covering_field(
     """
     eye = (np.eye(3), np.zeros(3))
     before_matrix, before_offset = before if before is not None else eye
-    corners = np.array(
-        [
-            [i, j, k]
-            for i in (0, target.size[0] - 1)
-            for j in (0, target.size[1] - 1)
-            for k in (0, target.size[2] - 1)
-        ],
-        dtype=float,
-    )
-    points = target.index_to_physical(corners) @ before_matrix.T + before_offset
+    points = target.index_to_physical(target.corner_indices) @ before_matrix.T + before_offset
     index = field_grid.physical_to_index(points)
     size = np.asarray(field_grid.size)
     below = np.maximum(0, np.ceil(-index.min(axis=0))).astype(int)

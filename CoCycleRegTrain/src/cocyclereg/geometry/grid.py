@@ -113,11 +113,11 @@ class Grid:
         origin = corner + self.direction_matrix @ (new_spacing / 2)
         return Grid(tuple(int(n) for n in size), tuple(new_spacing), tuple(origin), self.direction)
 
-    def is_close(self, other: Grid, tolerance_mm: float = 1e-4) -> bool:
-        """Same size and, to ``tolerance_mm`` at the far corner, the same voxel positions."""
-        if self.size != other.size:
-            return False
-        corners = np.array(
+    @property
+    def corner_indices(self) -> np.ndarray:
+        """The (i, j, k) indices of the grid's 8 corner voxel centres, ``(8, 3)`` float: an
+        affine map of the grid's voxel centres has its extremes there."""
+        return np.array(
             [
                 [i, j, k]
                 for i in (0, self.size[0] - 1)
@@ -126,6 +126,12 @@ class Grid:
             ],
             dtype=float,
         )
+
+    def is_close(self, other: Grid, tolerance_mm: float = 1e-4) -> bool:
+        """Same size and, to ``tolerance_mm`` at the far corner, the same voxel positions."""
+        if self.size != other.size:
+            return False
+        corners = self.corner_indices
         difference = self.index_to_physical(corners) - other.index_to_physical(corners)
         return bool(np.abs(difference).max() <= tolerance_mm)
 
