@@ -55,6 +55,12 @@ from cocyclereg.model_file import ModelInfo, load_model, save_model
 CHECKPOINT_FORMAT = 1
 
 
+def _half_cosine(step: int, steps: int, final: float) -> float:
+    """Half a cosine from 1 at step 0 to ``final`` at ``steps``, held there after."""
+    progress = min(step / max(steps, 1), 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -357,16 +363,14 @@ class Trainer:
         optim = self.config.optim
         if optim.schedule == "constant":
             return 1.0
-        progress = min(step / max(self.config.train.steps, 1), 1.0)
-        final = optim.final_lr_fraction
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return _half_cosine(step, self.config.train.steps, optim.final_lr_fraction)
 
     def deformation_factor(self, step: int) -> float:
         """The factor on ``loss.deformation`` at ``step``: half a cosine from 1 at step 0 to
         ``loss.deformation_final_fraction`` at ``train.steps`` (1 throughout by default)."""
-        final = self.config.loss.deformation_final_fraction
-        progress = min(step / max(self.config.train.steps, 1), 1.0)
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return _half_cosine(
+            step, self.config.train.steps, self.config.loss.deformation_final_fraction
+        )
 
     def _set_learning_rates(self) -> None:
         """Set every optimiser's rate for ``self.step``: a function of the step alone, so a
