@@ -171,14 +171,20 @@ _RECOMMENDED = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _recommendation(model: Path, modified_ns: int):
+    """The refinement ``model`` recommends (read once per file version, not once per pair)."""
+    from cocyclereg.model_file import read_model_info
+
+    return read_model_info(model).refinement
+
+
 def _as_recommended(settings: RegistrationSettings, model: Path) -> RegistrationSettings:
     """``settings`` with every value that equals the model's recommendation set to ``None``
     (which means it): a batch rerun with the default spelt out is the same batch."""
-    from cocyclereg.model_file import read_model_info
-
     try:
-        recommended = read_model_info(model).refinement
-    except CoCycleRegError:  # not a readable model: its pairs fail on their own
+        recommended = _recommendation(model.resolve(), model.stat().st_mtime_ns)
+    except (CoCycleRegError, OSError):  # not a readable model: its pairs fail on their own
         return settings
     same = {
         name: None
@@ -237,7 +243,7 @@ def _recorded(folder: Path) -> dict | None:
 
 def _is_pair_folder(folder: Path) -> bool:
     """Whether ``folder`` is a pair folder this command wrote (its summary has a ``batch``
-    entry), complete or not: the only kind of folder a batch may replace."""
+    entry), complete or not."""
     try:
         summary = json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -245,17 +251,28 @@ def _is_pair_folder(folder: Path) -> bool:
     return isinstance(summary, dict) and "batch" in summary
 
 
+def _not_replaceable(folder: Path) -> str | None:
+    """Why a result may not replace ``folder`` (``None``: absent, or an earlier pair folder of
+    this command, the only kind a batch replaces)."""
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if folder.is_dir() and not folder.is_symlink() and _is_pair_folder(folder):
+        return None
+    return (
+        f"{folder} exists and is not a pair folder written by cocyclereg batch; "
+        "it was left as it is"
+    )
+
+
 def _folder_refusal(pair: Pair, folder: Path) -> str | None:
     """Why the pair's output ``folder`` may not be written (``None``: it may): it holds
     something other than an earlier result of this command, or one of the pair's inputs,
     which replacing the folder would delete."""
-    if not folder.exists() and not folder.is_symlink():
+    refusal = _not_replaceable(folder)
+    if refusal is not None:
+        return refusal + ": move it, rename the pair or choose another --output"
+    if not folder.exists():
         return None
-    if not folder.is_dir() or folder.is_symlink() or not _is_pair_folder(folder):
-        return (
-            f"{folder} exists and is not a pair folder written by cocyclereg batch; "
-            "it was left as it is: move it, rename the pair or choose another --output"
-        )
     inside = folder.resolve()
     for path in (pair.fixed, pair.moving, *pair.labels, *pair.fixed_labels):
         if Path(path).resolve().is_relative_to(inside):
@@ -431,12 +448,10 @@ def _move_into_place(staging: Path, folder: Path) -> None:
     first and removed after, so ``folder`` is always a complete pair folder or absent. Only an
     earlier pair folder of this command is ever replaced (checked again here: the folder may
     have appeared since the batch was planned)."""
-    if folder.exists() or folder.is_symlink():
-        if not folder.is_dir() or folder.is_symlink() or not _is_pair_folder(folder):
-            raise InputError(
-                f"{folder} exists and is not a pair folder written by cocyclereg batch; "
-                "it was left as it is"
-            )
+    refusal = _not_replaceable(folder)
+    if refusal is not None:
+        raise InputError(refusal)
+    if folder.exists():
         aside = folder.with_name(f".{folder.name}{_REPLACED_MARK}{secrets.token_hex(4)}")
         os.replace(folder, aside)
         os.replace(staging, folder)
